@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -14,3 +15,41 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """The same config `run_simulation.py` would see for these Hydra-style overrides."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose("config", overrides=list(overrides or []))
+
+
+def to_run_config(cfg: DictConfig, run_dir) -> dict:
+    """Flower's run config for this run: the resolved config as JSON, and the run directory.
+
+    Flower's run config holds flat scalars only, so the whole composed config travels
+    as one JSON string and is rebuilt with `from_run_config` in every app.
+    """
+    return {"config": json.dumps(OmegaConf.to_container(cfg, resolve=True)), "run-dir": str(run_dir)}
+
+
+def from_run_config(run_config) -> DictConfig:
+    return OmegaConf.create(json.loads(str(run_config["config"])))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Refuse a config that cannot run, with one line naming the key, before any process starts."""
+    from src.models.registry import MODELS
+
+    fed = cfg.federation
+    checks = [
+        (fed.mode in ("deployment", "simulation"), "federation.mode", "'deployment' or 'simulation'", fed.mode),
+        (int(fed.rounds) >= 1, "federation.rounds", "at least 1", fed.rounds),
+        (int(fed.num_hospitals) >= 1, "federation.num_hospitals", "at least 1", fed.num_hospitals),
+        (1 <= int(fed.min_hospitals), "federation.min_hospitals", "at least 1", fed.min_hospitals),
+        (0 < float(fed.fraction) <= 1, "federation.fraction", "in (0, 1]", fed.fraction),
+        (int(fed.local_epochs) >= 1, "federation.local_epochs", "at least 1", fed.local_epochs),
+        (int(fed.batch_size) >= 1, "federation.batch_size", "at least 1", fed.batch_size),
+        (float(fed.lr) > 0, "federation.lr", "> 0", fed.lr),
+        (cfg.model.name in MODELS, "model.name", f"one of {sorted(MODELS)}", cfg.model.name),
+        (cfg.strategy.name in ("fedavg", "fedprox"), "strategy.name", "'fedavg' or 'fedprox'", cfg.strategy.name),
+        (cfg.device == "auto" or str(cfg.device).split(":")[0] in ("cpu", "cuda"), "device",
+         "auto, cpu or cuda[:N]", cfg.device),
+        (int(cfg.data.image_size) >= 16, "data.image_size", "at least 16", cfg.data.image_size),
+    ]
+    for ok, key, expected, got in checks:
+        if not ok:
+            raise ValueError(f"{key}: expected {expected}, got {got!r}")

@@ -1,0 +1,1 @@
+"""Flower ClientApp: a hospital's local training and evaluation."""

@@ -1,0 +1,1 @@
+"""Flower ServerApp: rounds, central evaluation, checkpoints, results."""

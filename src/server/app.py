@@ -1,0 +1,64 @@
+"""The consortium's Flower ServerApp: rounds, central evaluation on the pooled test set, results.
+
+The pooled test set (every hospital's test split) is what a simulation on one
+machine can evaluate centrally; it measures the global model the way a reader of
+the final report wants it measured.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from src.client.training import make_loader, predict, resolve_device
+from src.config import from_run_config
+from src.data.federation import Federation
+from src.metrics import classification_metrics
+from src.models.registry import build_model
+from src.server.results import RunRecord, progress_line
+from src.strategies.observed import make_strategy
+
+app = ServerApp()
+log = logging.getLogger("fedcxr")
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = from_run_config(context.run_config)
+    run_dir = Path(str(context.run_config["run-dir"]))
+    federation = Federation.load(run_dir / "split.json")
+    model = build_model(cfg.model, len(federation.classes))
+    pooled_test = make_loader(federation.select(split="test"), cfg.data, False,
+                              int(cfg.federation.batch_size), int(cfg.seed))
+    device = resolve_device(cfg.device)
+    strategy = make_strategy(cfg)
+    record = RunRecord(run_dir, cfg, federation.classes)
+    rounds = int(cfg.federation.rounds)
+
+    def evaluate_pooled(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            return None
+        state = arrays.to_torch_state_dict()
+        model.load_state_dict(state)
+        start = time.perf_counter()
+        metrics = classification_metrics(*predict(model, pooled_test, device), federation.classes)
+        observed = strategy.rounds[server_round]
+        observed["time"]["evaluate_pooled"] = time.perf_counter() - start
+        observed["time"]["total"] = time.perf_counter() - observed["started"]
+        entry = record.add_round(server_round, metrics, observed)
+        record.save(state)
+        print(progress_line(entry, rounds), flush=True)
+        return MetricRecord({k: metrics[k] for k in ("auc", "accuracy") if metrics[k] is not None})
+
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=rounds,
+        timeout=float(cfg.federation.round_timeout),
+        train_config=ConfigRecord({"lr": float(cfg.federation.lr)}),
+        evaluate_fn=evaluate_pooled,
+    )

@@ -1,0 +1,1 @@
+"""toyfl: a numpy linear-regression Flower app for fedcxr's launcher tests."""

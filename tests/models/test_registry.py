@@ -1,0 +1,147 @@
+"""Every registered model: grayscale in, logits out, no BatchNorm, and one real DP-SGD step under Opacus."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from opacus import PrivacyEngine
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from src.models import MODELS, build_model
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
+SIZE = 64
+
+
+def model_cfg(name: str):
+    return OmegaConf.load(CONF / f"{name}.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 threads competing with another busy
+    process ran these tests 10-30x slower (spinning OpenMP workers); one thread runs them in ~12 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_model_has_a_config_and_every_config_a_model():
+    assert sorted(p.stem for p in CONF.glob("*.yaml")) == sorted(MODELS)
+    for name in MODELS:
+        assert model_cfg(name).name == name
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_grayscale_in_logits_out_and_opacus_valid(name):
+    torch.manual_seed(0)
+    model = build_model(model_cfg(name), num_classes=3)
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert first_conv.in_channels == 1
+    out = model(torch.rand(4, 1, SIZE, SIZE))
+    assert out.shape == (4, 3) and out.dtype == torch.float32
+
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert any(isinstance(m, nn.GroupNorm) for m in model.modules())
+    assert not [n for n, m in model.named_modules() if getattr(m, "inplace", False)]
+    ModuleValidator.validate(model, strict=True)  # raises on anything Opacus refuses
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # the input needs no grad: expected
+def test_one_dp_sgd_step_under_opacus_hooks(name):
+    torch.manual_seed(0)
+    model = build_model(model_cfg(name), num_classes=3)
+    data = TensorDataset(torch.rand(8, 1, SIZE, SIZE), torch.randint(0, 3, (8,)))
+    loader = DataLoader(data, batch_size=4, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # secure-RNG and accountant notices
+        model, optimizer, loader = PrivacyEngine().make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            grad_sample_mode="hooks",
+            poisson_sampling=True,
+        )
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = next(x_y for x_y in loader if len(x_y[1]) > 0)  # Poisson sampling may draw an empty batch
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()  # in-place ops on hooked outputs would fail here
+    for n, p in model.named_parameters():
+        assert p.grad_sample is not None and p.grad_sample.shape == (len(y), *p.shape), n
+    optimizer.step()
+    changed = [not torch.equal(b, p) for b, p in zip(before, model.parameters())]
+    assert all(changed), "every parameter gets clipped gradient + noise"
+
+
+def test_unknown_model_is_a_one_line_error():
+    with pytest.raises(ValueError) as err:
+        build_model({"name": "vgg16"}, num_classes=2)
+    assert str(err.value) == f"model.name: unknown model 'vgg16'; expected one of {list(MODELS)}"
+    with pytest.raises(ValueError, match="model.name: unknown model None"):
+        build_model({}, num_classes=2)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "key"),
+    [
+        ({"name": "resnet18", "width": 8}, "model.width: not a hyperparameter of resnet18"),
+        ({"name": "small_cnn", "width": 0}, "model.width: expected a positive integer"),
+        ({"name": "small_cnn", "dropout": 1.5}, "model.dropout: expected a probability"),
+        ({"name": "mobilenet_v2", "width_mult": -1}, "model.width_mult: expected a positive number"),
+    ],
+)
+def test_bad_hyperparameters_name_the_key(cfg, key):
+    with pytest.raises(ValueError, match=key):
+        build_model(cfg, num_classes=2)
+
+
+def test_hyperparameters_take_effect():
+    def params(cfg):
+        return sum(p.numel() for p in build_model(cfg, num_classes=2).parameters())
+
+    assert params({"name": "small_cnn", "width": 8}) < params({"name": "small_cnn", "width": 16})
+    groups = {m.num_groups for m in build_model({"name": "small_cnn", "norm_groups": 4}, 2).modules() if isinstance(m, nn.GroupNorm)}
+    assert groups == {4}
+    assert build_model({"name": "resnet18"}, num_classes=7).fc.out_features == 7
+
+
+def blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy images with one bright Gaussian blob, in the left half (class 0) or the right half (class 1)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    cx = (torch.rand(n, generator=g) * 0.3 + 0.1 + 0.5 * labels) * SIZE
+    cy = (torch.rand(n, generator=g) * 0.8 + 0.1) * SIZE
+    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    d2 = (xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2
+    images = 0.3 + 0.5 * torch.exp(-d2 / (2 * 5.0**2)) + 0.1 * torch.randn(n, SIZE, SIZE, generator=g)
+    return images[:, None].float(), labels
+
+
+def test_small_cnn_learns_where_the_blob_is():
+    torch.manual_seed(0)
+    x, y = blobs(128, seed=0)
+    model = build_model(model_cfg("small_cnn"), num_classes=2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(5):  # one or two epochs are enough; stop as soon as it has learnt
+        model.train()
+        for idx in torch.randperm(len(y)).split(16):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            accuracy = (model(x).argmax(1) == y).float().mean().item()
+        if accuracy > 0.9:
+            break
+    assert accuracy > 0.9

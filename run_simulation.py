@@ -72,7 +72,7 @@ def main(cfg: DictConfig) -> None:
     outcome = run_federation(
         PROJECT_DIR, run_dir, hospitals, to_run_config(cfg, run_dir), mode=mode,
         timeout_s=float(cfg.federation.round_timeout) * (int(cfg.federation.rounds) + 1),
-        on_log_line=lambda line: console.print(line, highlight=False, markup=False)
+        on_log_line=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True)
         if line.startswith("round ") else None,
     )
     if outcome.failed_hospitals:

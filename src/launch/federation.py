@@ -49,7 +49,7 @@ from pathlib import Path
 import tomli_w
 
 from src.launch.certificates import NodeKeyFiles, write_node_keys, write_tls_files
-from src.launch.processes import ProcessSupervisor, free_port, tail
+from src.launch.processes import ProcessSupervisor, free_port
 
 try:  # Python 3.11+
     import tomllib
@@ -177,7 +177,7 @@ def _flower_bin() -> Path:
     found = shutil.which("flower-superlink")
     if found:
         return Path(found).parent
-    raise RuntimeError("flower-superlink not found next to {sys.executable} or on PATH: "
+    raise RuntimeError(f"flower-superlink not found next to {sys.executable} or on PATH: "
                        "is flwr installed in this environment?")
 
 
@@ -448,7 +448,7 @@ class _LogStream:
 
 
 def _follow(sup: ProcessSupervisor, cli: _Cli, run_id: int, hospitals: list[Hospital],
-            mode: str, log_path: Path, on_log_line: Callable[[str], object],
+            log_path: Path, on_log_line: Callable[[str], object],
             kill_after: dict[str, float], timeout_s: float) -> tuple[str, str]:
     """Stream the run's log until it ends; returns (status, details)."""
     start = time.monotonic()
@@ -510,7 +510,7 @@ def _follow(sup: ProcessSupervisor, cli: _Cli, run_id: int, hospitals: list[Hosp
                     break
                 if stream.ended.is_set() and stream.restarts < 20:
                     stream.restart()  # the stream ended early: carry on where it was
-            urgent = stream.ended.is_set() or crash_at is not None
+            urgent = (stream.ended.is_set() and stream.restarts < 20) or crash_at is not None
             if ls_proc is None and now >= last_ls + (2.0 if urgent else LS_POLL_S):
                 ls_proc = cli.start("ls", CONNECTION, "--run-id", str(run_id),
                                     "--format", "json")
@@ -609,7 +609,7 @@ def run_federation(app_dir: Path, work_dir: Path, hospitals: list[Hospital],
             log.info("run %d submitted in %.1fs", run_id, timings["submit"])
 
             t1 = time.monotonic()
-            status, details = _follow(sup, cli, run_id, hospitals, mode, log_path,
+            status, details = _follow(sup, cli, run_id, hospitals, log_path,
                                       on_log_line, kill_after, timeout_s)
             timings["run"] = time.monotonic() - t1
             failed, refused = [], []

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
-from opacus import PrivacyEngine
+from opacus import GradSampleModule, PrivacyEngine
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from src.models import MODELS, build_model
+from src.models.grouped_conv import GroupedConv2d, use_grouped_conv
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 SIZE = 64
@@ -84,6 +86,40 @@ def test_one_dp_sgd_step_under_opacus_hooks(name):
     assert all(changed), "every parameter gets clipped gradient + noise"
 
 
+@pytest.mark.parametrize(
+    ("out_channels", "groups", "stride", "dilation", "bias"),
+    [(8, 8, 1, 1, False), (8, 8, 2, 1, True), (16, 2, 2, 2, True), (16, 8, 1, 1, False)],
+)
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_grouped_conv_per_sample_gradients_equal_opacus_default(out_channels, groups, stride, dilation, bias):
+    """DP's guarantee rests on the per-sample gradients: the fast path must give Opacus' own."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, out_channels, 3, stride=stride, padding=1, dilation=dilation, groups=groups, bias=bias)
+    fast = use_grouped_conv(copy.deepcopy(conv))
+    assert type(fast) is GroupedConv2d
+    x = torch.randn(5, 8, 13, 13)
+
+    def grad_samples(module):
+        gsm = GradSampleModule(module)
+        gsm(x).square().sum().backward()
+        return {n: p.grad_sample for n, p in gsm.named_parameters()}
+
+    expected, got = grad_samples(conv), grad_samples(fast)
+    assert expected.keys() == got.keys()
+    for n in expected:
+        torch.testing.assert_close(got[n], expected[n], rtol=1e-4, atol=1e-5)
+
+
+def test_mobilenet_depthwise_convs_take_the_fast_path():
+    model = build_model({"name": "mobilenet_v2"}, num_classes=2)
+    grouped = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert len(grouped) == 17 and all(type(m) is GroupedConv2d for m in grouped)
+    from torchvision.models import MobileNetV2
+
+    torchvision_keys = MobileNetV2(num_classes=2, norm_layer=lambda c: nn.GroupNorm(1, c)).state_dict().keys()
+    assert model.state_dict().keys() == torchvision_keys  # checkpoints interchange with torchvision's
+
+
 def test_unknown_model_is_a_one_line_error():
     with pytest.raises(ValueError) as err:
         build_model({"name": "vgg16"}, num_classes=2)
@@ -111,8 +147,8 @@ def test_hyperparameters_take_effect():
         return sum(p.numel() for p in build_model(cfg, num_classes=2).parameters())
 
     assert params({"name": "small_cnn", "width": 8}) < params({"name": "small_cnn", "width": 16})
-    groups = {m.num_groups for m in build_model({"name": "small_cnn", "norm_groups": 4}, 2).modules() if isinstance(m, nn.GroupNorm)}
-    assert groups == {4}
+    model = build_model({"name": "small_cnn", "norm_groups": 4}, num_classes=2)
+    assert {m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)} == {4}
     assert build_model({"name": "resnet18"}, num_classes=7).fc.out_features == 7
 
 

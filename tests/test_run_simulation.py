@@ -26,13 +26,27 @@ def run(tmp_path: Path, *overrides: str, timeout: float = 480) -> tuple[subproce
 @pytest.mark.parametrize("override, message", [
     ("model=small_cnn model.name=vit_huge", "model.name"),
     ("federation.rounds=0", "federation.rounds"),
-    ("federation.num_hospitals=400", "federation.num_hospitals"),
     ("data=folder data.root=/nonexistent/archive", "data.root"),
 ])
 def test_bad_configs_are_refused_before_any_process_starts(tmp_path, override, message):
-    proc, run_dir = run(tmp_path, *override.split(), "data.images_per_hospital=30", timeout=120)
+    proc, run_dir = run(tmp_path, *override.split(), timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stdout
+    assert not (run_dir / "federation").exists()
+
+
+def test_more_hospitals_than_images_is_refused(tmp_path):
+    from PIL import Image
+
+    for name in ("NORMAL", "PNEUMONIA"):
+        for i in range(3):
+            path = tmp_path / "kermany" / "train" / name / f"person{i}_bacteria_{i}.jpeg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (32, 32), 40 * i).save(path)
+    proc, run_dir = run(tmp_path, "data=kermany", f"data.root={tmp_path / 'kermany'}",
+                        "federation.num_hospitals=40", timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "federation.num_hospitals" in proc.stdout
     assert not (run_dir / "federation").exists()
 
 

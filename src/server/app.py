@@ -19,6 +19,7 @@ from src.config import from_run_config
 from src.data.federation import Federation
 from src.metrics import classification_metrics
 from src.models.registry import build_model
+from src.server.report import write_report
 from src.server.results import RunRecord, progress_line
 from src.strategies.observed import make_strategy
 
@@ -45,12 +46,13 @@ def main(grid: Grid, context: Context) -> None:
         state = arrays.to_torch_state_dict()
         model.load_state_dict(state)
         start = time.perf_counter()
-        metrics = classification_metrics(*predict(model, pooled_test, device), federation.classes)
+        labels, probs = predict(model, pooled_test, device)
+        metrics = classification_metrics(labels, probs, federation.classes)
         observed = strategy.rounds[server_round]
         observed["time"]["evaluate_pooled"] = time.perf_counter() - start
         observed["time"]["total"] = time.perf_counter() - observed["started"]
         entry = record.add_round(server_round, metrics, observed)
-        record.save(state)
+        write_report(run_dir, record.save(state), labels, probs)
         print(progress_line(entry, rounds), flush=True)
         return MetricRecord({k: metrics[k] for k in ("auc", "accuracy") if metrics[k] is not None})
 

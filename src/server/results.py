@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-HEADLINE = ("auc", "accuracy", "balanced_accuracy", "mcc")
+from src.server.report import HEADLINE
 
 
 def unflatten(flat: dict, classes: list[str]) -> dict:
@@ -47,7 +47,7 @@ class RunRecord:
         self.rounds.append(entry)
         return entry
 
-    def save(self, state_dict: dict) -> None:
+    def save(self, state_dict: dict) -> dict:
         torch.save({"state_dict": state_dict, "model": OmegaConf.to_container(self.cfg.model, resolve=True),
                     "classes": self.classes, "image_size": int(self.cfg.data.image_size)},
                    self.run_dir / "model.pt")
@@ -57,6 +57,7 @@ class RunRecord:
         tmp = self.run_dir / "results.json.tmp"
         tmp.write_text(json.dumps(record, indent=1))
         tmp.replace(self.run_dir / "results.json")
+        return record
 
 
 def progress_line(entry: dict, rounds: int) -> str:

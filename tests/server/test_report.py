@@ -1,0 +1,48 @@
+"""The run's record and report: results.json's shape, plots and report.md."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from omegaconf import OmegaConf
+from PIL import Image
+
+from src.metrics import classification_metrics
+from src.server.report import write_report
+from src.server.results import RunRecord, unflatten
+
+CLASSES = ["normal", "bacterial", "viral"]
+
+
+def test_record_and_report(tmp_path):
+    cfg = OmegaConf.create({"model": {"name": "small_cnn"}, "data": {"image_size": 32, "layout": "synthetic"},
+                            "strategy": {"name": "fedavg"}, "seed": 1,
+                            "federation": {"mode": "simulation", "rounds": 2}})
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 60)
+    probs = rng.dirichlet(np.ones(3), 60)
+    metrics = classification_metrics(labels, probs, CLASSES)
+    hospital = {"num_examples": 40, "train_loss": 1.0, "auc": 0.7, "auc_per_class.normal": float("nan"),
+                "confusion_matrix": list(range(9)), "num_test_examples": 10}
+    record = RunRecord(tmp_path, cfg, CLASSES)
+    for r in (1, 2):
+        record.add_round(r, metrics, {"hospitals": {"h1": hospital}, "time": {"train": 1.0, "total": 2.0}})
+        saved = record.save({})
+    write_report(tmp_path, saved, labels, probs)
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert results["final"]["global"]["auc"] == metrics["auc"]
+    assert results["final"]["hospitals"]["h1"]["auc_per_class"]["normal"] is None
+    assert results["final"]["hospitals"]["h1"]["confusion_matrix"] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    for png in ("metrics.png", "roc.png", "confusion.png"):
+        assert Image.open(tmp_path / png).size[0] > 100
+    report = (tmp_path / "report.md").read_text()
+    assert f"{metrics['auc']:.3f}" in report and "| h1 |" in report
+
+
+def test_unflatten_restores_nested_metrics():
+    flat = {"auc": 0.5, "sensitivity.normal": 1.0, "sensitivity.viral": float("nan"), "confusion_matrix": [1, 2, 3, 4]}
+    out = unflatten(flat, ["normal", "viral"])
+    assert out == {"auc": 0.5, "sensitivity": {"normal": 1.0, "viral": None}, "confusion_matrix": [[1, 2], [3, 4]]}

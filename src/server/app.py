@@ -19,6 +19,7 @@ from src.config import from_run_config
 from src.data.federation import Federation
 from src.metrics import classification_metrics
 from src.models.registry import build_model
+from src.server.dashboard import Dashboard
 from src.server.report import write_report
 from src.server.results import RunRecord, progress_line
 from src.strategies.observed import make_strategy
@@ -39,6 +40,7 @@ def main(grid: Grid, context: Context) -> None:
     strategy = make_strategy(cfg)
     record = RunRecord(run_dir, cfg, federation.classes)
     rounds = int(cfg.federation.rounds)
+    dashboard = Dashboard(cfg, run_dir, federation.classes)
 
     def evaluate_pooled(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
@@ -53,14 +55,18 @@ def main(grid: Grid, context: Context) -> None:
         observed["time"]["total"] = time.perf_counter() - observed["started"]
         entry = record.add_round(server_round, metrics, observed)
         write_report(run_dir, record.save(state), labels, probs)
+        dashboard.log_round(entry, labels, probs, run_dir / "roc.png")
         print(progress_line(entry, rounds), flush=True)
         return MetricRecord({k: metrics[k] for k in ("auc", "accuracy") if metrics[k] is not None})
 
-    strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=rounds,
-        timeout=float(cfg.federation.round_timeout),
-        train_config=ConfigRecord({"lr": float(cfg.federation.lr)}),
-        evaluate_fn=evaluate_pooled,
-    )
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=rounds,
+            timeout=float(cfg.federation.round_timeout),
+            train_config=ConfigRecord({"lr": float(cfg.federation.lr)}),
+            evaluate_fn=evaluate_pooled,
+        )
+    finally:
+        dashboard.finish()

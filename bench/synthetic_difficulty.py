@@ -5,10 +5,10 @@
 Generates 3 hospitals x 300 images, decodes and resizes them to 64 px with the
 project's own preprocessing (`src.data.transforms.eval_transforms`, which decodes
 with `src.data.images.load_image`), pools the hospitals, splits 70/30 stratified by
-hospital and class, and trains a small CNN on the CPU (mean of `--runs` seeds:
-training a GroupNorm CNN from scratch sometimes sits on a plateau for a few epochs,
-so one run alone is noisy). Side by side, on the same
-split, two baselines that would reveal shortcuts:
+hospital and class, and trains the project's CPU-default model (`model=small_cnn`, a
+GroupNorm CNN) on the CPU, averaging `--runs` seeds: a GroupNorm CNN trained from
+scratch sometimes sits on a plateau for a few epochs, so one run alone is noisy.
+Side by side, on the same split, two baselines that would reveal shortcuts:
 
 - intensity: logistic regression on per-image intensity statistics. A high AUC
   would mean the classes differ in global brightness, not in radiological signs.
@@ -37,8 +37,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from src.config import compose_config
 from src.data.synthetic import CLASSES, generate
 from src.data.transforms import eval_transforms
+from src.models.registry import build_model
 
 RESULTS = Path(__file__).parent / "results" / "synthetic_difficulty.json"
 HOSPITALS, PER_HOSPITAL, SIZE = 3, 300, 64
@@ -57,23 +59,11 @@ def load(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.stack(images), np.array(labels), np.array(hospitals)
 
 
-def small_cnn() -> nn.Module:
-    """Four conv blocks with GroupNorm (Opacus-compatible, like the project's models), ~85k parameters.
-
-    The head sees the 4x4 feature map, not its global average: where an opacity lies
-    (one lung or both) is part of the sign.
-    """
-    layers, channels = [], [1, 16, 32, 64, 96]
-    for cin, cout in zip(channels, channels[1:]):
-        layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.ReLU(), nn.MaxPool2d(2)]
-    side = SIZE // 2 ** (len(channels) - 1)
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels[-1] * side * side, len(CLASSES)))
-
-
 def train_cnn(x, y, epochs: int, seed: int) -> nn.Module:
-    """Adam, batch 32, no augmentation: the plain recipe the difficulty is calibrated for."""
+    """The project's CPU-default model (conf/model), plain Adam, batch 32, no augmentation, no DP:
+    the centralised upper bound the difficulty is calibrated for."""
     torch.manual_seed(seed)
-    model = small_cnn()
+    model = build_model(compose_config().model, num_classes=len(CLASSES))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     for _ in range(epochs):
@@ -142,6 +132,7 @@ def main() -> None:
         "hospitals": HOSPITALS,
         "image_size": SIZE,
         "seed": args.seed,
+        "model": compose_config().model.name,
         "epochs": args.epochs,
         "cnn_runs": args.runs,
         "generation_s": round(generation_s, 1),

@@ -1,0 +1,1 @@
+"""Hospital data: decoding, dataset layouts, partitions, synthetic hospitals, transforms."""

@@ -1,0 +1,78 @@
+"""MONAI transforms for chest radiographs: a cached deterministic part, then augmentation.
+
+Everything up to the first random transform is cached by `PersistentDataset`, so a
+DICOM is decoded, scaled and resized once, not every epoch or round. Augmentation
+rotates, scales and shears a little but never flips left-right: the heart's side
+is anatomy, not noise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    MapTransform,
+    RandAffined,
+    Resized,
+    ScaleIntensityRangePercentilesd,
+    SpatialPadd,
+)
+
+from src.data.images import load_image
+
+
+class LoadRadiographd(MapTransform):
+    """Decode with `src.data.images.load_image`.
+
+    MONAI's own readers apply the modality rescale but neither the VOI LUT nor the
+    MONOCHROME1 inversion, so a radiograph would come out with bone dark.
+    """
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = load_image(d[key])
+        return d
+
+
+def preprocessing(image_size: int) -> list:
+    """Decode, fit into a square keeping the aspect ratio, rescale intensities robustly."""
+    return [
+        LoadRadiographd(keys="image"),
+        EnsureChannelFirstd(keys="image", channel_dim="no_channel"),
+        Resized(keys="image", spatial_size=image_size, size_mode="longest", mode="area"),
+        # After the resize: percentiles of the small image cost a tenth, and the
+        # padding added next must not count as image.
+        ScaleIntensityRangePercentilesd(keys="image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
+        SpatialPadd(keys="image", spatial_size=(image_size, image_size)),
+    ]
+
+
+def augmentation() -> list:
+    """Small geometric jitter, as positioning differs between patients and sites."""
+    return [
+        RandAffined(
+            keys="image",
+            prob=0.8,
+            rotate_range=math.radians(10),
+            scale_range=(0.1, 0.1),
+            shear_range=(0.05, 0.05),
+            padding_mode="zeros",
+        )
+    ]
+
+
+def _to_tensor() -> EnsureTyped:
+    return EnsureTyped(keys="image", dtype=torch.float32, track_meta=False)
+
+
+def train_transforms(image_size: int) -> Compose:
+    return Compose(preprocessing(image_size) + augmentation() + [_to_tensor()])
+
+
+def eval_transforms(image_size: int) -> Compose:
+    return Compose(preprocessing(image_size) + [_to_tensor()])

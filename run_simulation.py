@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -37,11 +38,12 @@ def prepare_hospitals(cfg: DictConfig, run_dir: Path, console: Console) -> list[
         raise ValueError(f"data: no training image at {', '.join(empty)}")
     federation.save(run_dir / "split.json")
     (run_dir / "hospitals").mkdir(exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // len(federation.hospitals))
     hospitals = []
     for name in federation.hospitals:
         manifest = run_dir / "hospitals" / f"{name}.json"
         federation.only(name).save(manifest)
-        hospitals.append(Hospital(name, {"hospital": name, "manifest": str(manifest)}))
+        hospitals.append(Hospital(name, {"hospital": name, "manifest": str(manifest), "threads": threads}))
     return hospitals
 
 

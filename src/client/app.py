@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -32,6 +33,13 @@ def hospital_data(context: Context) -> Federation:
     return Federation.load(run_dir / "hospitals" / f"{names[int(context.node_config['partition-id'])]}.json")
 
 
+def _share_cpu(context: Context) -> None:
+    """Hospitals sharing one machine each get their share of its cores (node config `threads`):
+    several processes each running torch on all cores slow one another down many times over."""
+    if "threads" in context.node_config:
+        torch.set_num_threads(int(context.node_config["threads"]))
+
+
 def _model(cfg, classes: list[str], msg: Message):
     model = build_model(cfg.model, len(classes))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
@@ -47,10 +55,12 @@ def _reply(msg: Message, hospital: str, metrics: dict, arrays: ArrayRecord | Non
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    _share_cpu(context)
     cfg = from_run_config(context.run_config)
     data = hospital_data(context)
     hospital, samples = data.hospitals[0], data.select(split="train")
     server_round = int(msg.content["config"]["server-round"])
+    torch.manual_seed(int(cfg.seed) + server_round)
     model = _model(cfg, data.classes, msg)
     loader = make_loader(samples, cfg.data, True, int(cfg.federation.batch_size), int(cfg.seed) + server_round)
     loss = train_epochs(
@@ -78,6 +88,7 @@ def flatten(metrics: dict) -> dict:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
+    _share_cpu(context)
     cfg = from_run_config(context.run_config)
     data = hospital_data(context)
     samples = data.select(split="test")

@@ -11,6 +11,7 @@ import logging
 import time
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
@@ -33,6 +34,7 @@ def main(grid: Grid, context: Context) -> None:
     cfg = from_run_config(context.run_config)
     run_dir = Path(str(context.run_config["run-dir"]))
     federation = Federation.load(run_dir / "split.json")
+    torch.manual_seed(int(cfg.seed))  # the same seed starts from the same global model
     model = build_model(cfg.model, len(federation.classes))
     pooled_test = make_loader(federation.select(split="test"), cfg.data, False,
                               int(cfg.federation.batch_size), int(cfg.seed))

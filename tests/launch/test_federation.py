@@ -19,10 +19,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from flwr.common.config import parse_config_args
 
-import src.launch.federation as F
-from src.launch.federation import Hospital, check_run_config, node_config_arg, run_federation
+from src.launch import startup
+from src.launch.federation import Hospital, run_federation
+from src.launch.flwr_cli import CONNECTION
 from src.launch.processes import flower_descendants, port_in_use
 
 TOY_APP = Path(__file__).parent / "toy_app"
@@ -50,7 +50,7 @@ def processes_of(work_dir: Path) -> dict[int, str]:
 
 def superlink_port(work_dir: Path) -> int:
     config = tomllib.loads((work_dir / "federation/flwr_home/config.toml").read_text())
-    return int(config["superlink"][F.CONNECTION]["address"].rsplit(":", 1)[1])
+    return int(config["superlink"][CONNECTION]["address"].rsplit(":", 1)[1])
 
 
 def assert_all_gone(work_dir: Path) -> None:
@@ -76,30 +76,6 @@ class Lines:
 
 
 # ------------------------------------------------------------------ fast checks
-def test_run_config_values_must_be_scalars() -> None:
-    check_run_config({"a": "x", "b": 1, "c": 0.5, "d": True})
-    for bad in ({"a": None}, {"a": [1, 2]}, {"a": {"b": 1}}, {"": 1}):
-        with pytest.raises(ValueError, match="run config key"):
-            check_run_config(bad)
-
-
-def test_run_config_keys_must_be_declared_by_the_app() -> None:
-    check_run_config({"num-server-rounds": 3, "hospitals": "a,b"}, TOY_APP)
-    with pytest.raises(ValueError, match=r"\['num_server_rounds'\].*tool.flwr.app.config"):
-        check_run_config({"num_server_rounds": 3}, TOY_APP)
-
-
-def test_node_config_survives_flowers_parser() -> None:
-    config = {"partition-id": 2, "num-partitions": 3, "hospital": "hospital_1",
-              "manifest": "/abs/with space/m.json", "quote": 'say "hi"', "frac": 0.25,
-              "flag": True, "apostrophe": "it's"}
-    assert parse_config_args([node_config_arg(config)]) == config
-    with pytest.raises(ValueError):
-        node_config_arg({"x": "both ' and \" quotes"})
-    with pytest.raises(ValueError):
-        node_config_arg({"bad key": 1})
-
-
 @pytest.mark.parametrize("kwargs, match", [
     ({"mode": "cloud"}, "mode"),
     ({"hospitals": []}, "at least one"),
@@ -124,7 +100,7 @@ def test_superlink_that_cannot_start_raises_with_its_log(tmp_path: Path,
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        monkeypatch.setattr(F, "free_port", lambda host="127.0.0.1": port)
+        monkeypatch.setattr(startup, "free_port", lambda host="127.0.0.1": port)
         with pytest.raises(RuntimeError, match=r"(?s)flower-superlink exited.*address "
                                                r"already in use"):
             run_federation(TOY_APP, tmp_path, [Hospital("a")], {}, startup_timeout_s=60)

@@ -1,0 +1,122 @@
+"""The value of federation: what the hospitals would get without it, and what pooling would give.
+
+With `baselines=true`, after the federated run, two reference models are trained on
+the same split (`run_dir/split.json`) with the federation's whole budget
+(`federation.rounds × federation.local_epochs` epochs), model, lr, batch size, seed
+and initial weights:
+
+- centralized: one model on every hospital's training images pooled, the upper
+  bound a federation tries to reach without moving data;
+- local-only: one model per hospital on its own training images, what each
+  hospital gets by staying alone.
+
+Each is evaluated like the federation's models: on the pooled test set (every
+hospital's test split) and, for a local-only model, on its own hospital's test split.
+Results go to `run_dir/baselines.json`; `baselines_markdown` renders them next to the
+federated global model for `report.md`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from src.client.training import make_loader, predict, resolve_device, train_epochs
+from src.data.federation import Federation
+from src.data.layouts import Sample
+from src.metrics import classification_metrics
+from src.models.registry import build_model
+from src.server.report import HEADLINE
+
+
+def _train(cfg, initial: torch.nn.Module, samples: list[Sample], epochs: int, device) -> torch.nn.Module:
+    """A copy of `initial` trained on `samples`, seeded once with `cfg.seed` so it does not
+    depend on which baselines were trained before it."""
+    if not samples:
+        raise ValueError("baselines: a model has no training image")
+    torch.manual_seed(int(cfg.seed))
+    model = copy.deepcopy(initial)
+    loader = make_loader(samples, cfg.data, True, int(cfg.federation.batch_size), int(cfg.seed))
+    train_epochs(model, loader, epochs, float(cfg.federation.lr), device)
+    return model
+
+
+def _evaluate(cfg, model, samples: list[Sample], classes: list[str], device) -> dict:
+    """classification_metrics on `samples`, loaded as the ServerApp loads the pooled test set."""
+    loader = make_loader(samples, cfg.data, False, int(cfg.federation.batch_size), int(cfg.seed))
+    labels, probs = predict(model, loader, device)
+    return classification_metrics(labels, probs, classes)
+
+
+def run_baselines(cfg, run_dir: Path, progress: Callable[[str], None] | None = None) -> dict:
+    """Train and evaluate the centralized and local-only baselines; write and return baselines.json.
+
+    Runs in the launcher process once the federation has ended, so torch keeps its
+    default thread count (the machine's cores) instead of a hospital's share.
+    """
+    say = progress or (lambda _line: None)
+    run_dir = Path(run_dir)
+    federation = Federation.load(run_dir / "split.json")
+    classes = federation.classes
+    epochs = int(cfg.federation.rounds) * int(cfg.federation.local_epochs)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(int(cfg.seed))  # as the ServerApp seeds: the federation's initial global model
+    initial = build_model(cfg.model, len(classes))
+    pooled_test = federation.select(split="test")
+
+    train = federation.select(split="train")
+    say(f"baseline centralized: {epochs} epochs on {len(train)} pooled training images")
+    model = _train(cfg, initial, train, epochs, device)
+    out = {"budget_epochs": epochs,
+           "centralized": {"pooled": _evaluate(cfg, model, pooled_test, classes, device)},
+           "local": {}}
+    for hospital in federation.hospitals:
+        train = federation.select(hospital, "train")
+        say(f"baseline local-only {hospital}: {epochs} epochs on {len(train)} training images")
+        model = _train(cfg, initial, train, epochs, device)
+        out["local"][hospital] = {
+            "own": _evaluate(cfg, model, federation.select(hospital, "test"), classes, device),
+            "pooled": _evaluate(cfg, model, pooled_test, classes, device),
+        }
+    (run_dir / "baselines.json").write_text(json.dumps(out, indent=1))
+    say(f"baselines: {run_dir / 'baselines.json'}")
+    return out
+
+
+def _row(model: str, test_set: str, metrics: dict | None, images_key: str = "num_examples") -> str:
+    metrics = metrics or {}
+    cells = ["–" if metrics.get(k) is None else f"{metrics[k]:.3f}" for k in HEADLINE]
+    return f"| {model} | {test_set} | {metrics.get(images_key, '–')} | " + " | ".join(cells) + " |"
+
+
+def baselines_markdown(results: dict, baselines: dict) -> str:
+    """The report.md section that says what federating bought: the federated global model next
+    to the centralized model (pooled data) and each hospital's local-only model.
+
+    Each hospital's local-only model on its own test split is followed by the federated
+    global model on that same split (results.json's final.hospitals), the comparison
+    that hospital cares about.
+    """
+    final = results.get("final") or {}
+    federated_at = final.get("hospitals", {})
+    epochs = baselines["budget_epochs"]
+    lines = [
+        "## Value of federation", "",
+        (f"Same model, initial weights, lr, batch size and seed as the federation; each baseline "
+         f"trained for the federation's budget, {epochs} epoch{'' if epochs == 1 else 's'} "
+         f"(rounds × local epochs)."), "",
+        "| model | test set | test images | " + " | ".join(HEADLINE) + " |",
+        "|---" * (len(HEADLINE) + 3) + "|",
+        _row("federated (global)", "pooled", final.get("global")),
+        _row("centralized", "pooled", baselines["centralized"]["pooled"]),
+    ]
+    for hospital, local in baselines["local"].items():
+        lines.append(_row(f"local-only {hospital}", "pooled", local["pooled"]))
+        lines.append(_row(f"local-only {hospital}", hospital, local["own"]))
+        if hospital in federated_at:
+            lines.append(_row("federated (global)", hospital, federated_at[hospital], "num_test_examples"))
+    return "\n".join(lines + [""])

@@ -10,41 +10,52 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.table import Table
 
+from src.baselines import baselines_markdown, run_baselines
+from src.client.privacy import plan
 from src.config import to_run_config, validate
-from src.data.check import decode_all, report
-from src.data.federation import build_federation
 from src.launch.federation import Hospital, run_federation
+from src.launch.hospitals import hospital_nodes, prepare_federation
+from src.server.readers import load_reads
+from src.server.results import ANNOUNCE
 
 PROJECT_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("fedcxr")
 
 
-def prepare_hospitals(cfg: DictConfig, run_dir: Path, console: Console) -> list[Hospital]:
-    """Write split.json and one manifest per hospital; return the SuperNodes to start."""
-    federation = decode_all(build_federation(cfg.data, cfg.federation.num_hospitals, cfg.seed), cfg.data)
-    report(federation, console)
-    empty = [h for h, splits in federation.counts().items() if not sum(splits["train"])]
-    if empty:
-        raise ValueError(f"data: no training image at {', '.join(empty)}")
-    federation.save(run_dir / "split.json")
-    (run_dir / "hospitals").mkdir(exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // len(federation.hospitals))
-    hospitals = []
-    for name in federation.hospitals:
-        manifest = run_dir / "hospitals" / f"{name}.json"
-        federation.only(name).save(manifest)
-        hospitals.append(Hospital(name, {"hospital": name, "manifest": str(manifest), "threads": threads}))
-    return hospitals
+RESUMABLE = ("federation.rounds", "federation.mode", "federation.round_timeout", "federation.min_hospitals",
+             "logger", "device", "resume", "hydra")
+
+
+def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The config of the run in `resume`, with the few command-line overrides a resumed run may change.
+
+    Anything that shapes the model or the data (model, data, seed, lr, ...) is the
+    resumed run's own; changing it half-way would make a different experiment.
+    """
+    saved = Path(str(cfg.resume)) / "config.yaml"
+    if not saved.exists():
+        raise ValueError(f"resume: {cfg.resume} is not a fedcxr run directory (no config.yaml)")
+    resumed = OmegaConf.load(saved)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if not any(key == k or key.startswith(k + ".") for k in RESUMABLE):
+            raise ValueError(f"resume: {key} cannot change when resuming a run; "
+                             f"only {', '.join(RESUMABLE[:-2])} can")
+        if key != "resume":
+            OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), merge=False)
+    resumed.resume = str(Path(str(cfg.resume)).resolve())
+    return resumed
 
 
 def final_table(results: dict) -> Table:
@@ -59,13 +70,39 @@ def final_table(results: dict) -> Table:
     return table
 
 
+def prepare_run(cfg: DictConfig, run_dir: Path, console: Console) -> tuple[DictConfig, Path, list[Hospital]]:
+    """Everything that can be refused is checked here, before any process starts."""
+    if cfg.resume:
+        cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task))
+        run_dir = Path(cfg.resume)
+    validate(cfg)
+    cfg.data.root = to_absolute_path(str(cfg.data.root))  # the apps run in other working directories
+    if cfg.eval.reader_csv:
+        cfg.eval.reader_csv = to_absolute_path(str(cfg.eval.reader_csv))
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    federation = prepare_federation(cfg, run_dir, console)
+    if cfg.eval.reader_csv:
+        load_reads(cfg.eval.reader_csv, federation.select(split="test"), federation.classes, cfg.data.root)
+    if cfg.privacy.name == "dp":  # δ < 1/n and a reachable target ε, for every hospital's n
+        for splits in federation.counts().values():
+            plan(cfg.privacy, cfg.federation, sum(splits["train"]))
+    return cfg, run_dir, hospital_nodes(federation, run_dir)
+
+
+def add_baselines(cfg: DictConfig, run_dir: Path, results: dict, console: Console) -> None:
+    """Centralized and local-only models with the federation's budget, beside it in report.md."""
+    console.print("baselines: training a centralized and a local-only model per hospital")
+    section = baselines_markdown(results, run_baselines(cfg, run_dir, progress=console.print))
+    with open(run_dir / "report.md", "a") as report_md:
+        report_md.write("\n" + section)
+    console.print(Markdown(section))
+
+
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     console = Console()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        validate(cfg)
-        hospitals = prepare_hospitals(cfg, run_dir, console)
+        cfg, run_dir, hospitals = prepare_run(cfg, Path(HydraConfig.get().runtime.output_dir), console)
     except (ValueError, OSError) as e:
         console.print(f"[red]error:[/red] {e}", highlight=False)
         sys.exit(2)
@@ -74,17 +111,20 @@ def main(cfg: DictConfig) -> None:
     outcome = run_federation(
         PROJECT_DIR, run_dir, hospitals, to_run_config(cfg, run_dir), mode=mode,
         timeout_s=float(cfg.federation.round_timeout) * (int(cfg.federation.rounds) + 1),
-        on_log_line=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True)
-        if line.startswith("round ") else None,
+        on_log_line=lambda line: console.print(line[len(ANNOUNCE):], highlight=False, markup=False,
+                                               soft_wrap=True) if line.startswith(ANNOUNCE) else None,
     )
     if outcome.failed_hospitals:
         console.print(f"[yellow]hospitals that failed during the run:[/yellow] {', '.join(outcome.failed_hospitals)}")
     results_path = run_dir / "results.json"
-    if results_path.exists():
-        console.print(final_table(json.loads(results_path.read_text())))
+    results = json.loads(results_path.read_text()) if results_path.exists() else None
+    if results and results["rounds"]:
+        console.print(final_table(results))
     if outcome.status != "finished:completed":
         console.print(f"[red]run {outcome.status}[/red]: {outcome.details} (log: {outcome.log_path})", highlight=False)
         sys.exit(1)
+    if cfg.baselines and results:
+        add_baselines(cfg, run_dir, results, console)
     console.print(f"results: {results_path}")
 
 

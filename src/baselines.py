@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from src.client.privacy import plan
 from src.client.training import make_loader, predict, resolve_device, train_epochs
 from src.data.federation import Federation
 from src.data.layouts import Sample
@@ -35,13 +36,16 @@ from src.server.report import HEADLINE
 
 def _train(cfg, initial: torch.nn.Module, samples: list[Sample], epochs: int, device) -> torch.nn.Module:
     """A copy of `initial` trained on `samples`, seeded once with `cfg.seed` so it does not
-    depend on which baselines were trained before it."""
+    depend on which baselines were trained before it; under `privacy=dp` with the
+    federation's privacy settings (the same target ε over the same number of epochs)."""
     if not samples:
         raise ValueError("baselines: a model has no training image")
     torch.manual_seed(int(cfg.seed))
     model = copy.deepcopy(initial)
     loader = make_loader(samples, cfg.data, True, int(cfg.federation.batch_size), int(cfg.seed))
-    train_epochs(model, loader, epochs, float(cfg.federation.lr), device)
+    dp = plan(cfg.privacy, cfg.federation, len(samples)) if cfg.privacy.name == "dp" else None
+    train_epochs(model, loader, epochs, float(cfg.federation.lr), device, dp=dp,
+                 grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "hooks")))
     return model
 
 

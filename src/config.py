@@ -39,7 +39,8 @@ def validate(cfg: DictConfig) -> None:
         (fed.mode in ("deployment", "simulation"), "federation.mode", "'deployment' or 'simulation'", fed.mode),
         (int(fed.rounds) >= 1, "federation.rounds", "at least 1", fed.rounds),
         (int(fed.num_hospitals) >= 1, "federation.num_hospitals", "at least 1", fed.num_hospitals),
-        (1 <= int(fed.min_hospitals), "federation.min_hospitals", "at least 1", fed.min_hospitals),
+        (1 <= int(fed.min_hospitals) <= int(fed.num_hospitals), "federation.min_hospitals",
+         f"between 1 and federation.num_hospitals={fed.num_hospitals}", fed.min_hospitals),
         (0 < float(fed.fraction) <= 1, "federation.fraction", "in (0, 1]", fed.fraction),
         (int(fed.local_epochs) >= 1, "federation.local_epochs", "at least 1", fed.local_epochs),
         (int(fed.batch_size) >= 1, "federation.batch_size", "at least 1", fed.batch_size),
@@ -49,7 +50,24 @@ def validate(cfg: DictConfig) -> None:
         (cfg.device == "auto" or str(cfg.device).split(":")[0] in ("cpu", "cuda"), "device",
          "auto, cpu or cuda[:N]", cfg.device),
         (int(cfg.data.image_size) >= 16, "data.image_size", "at least 16", cfg.data.image_size),
+        (cfg.privacy.name in ("dp", "none"), "privacy.name", "'dp' or 'none'", cfg.privacy.name),
     ]
+    if cfg.privacy.name == "dp":
+        checks.append((cfg.privacy.grad_sample_mode in ("hooks", "functorch", "ghost"), "privacy.grad_sample_mode",
+                       "hooks, functorch or ghost", cfg.privacy.grad_sample_mode))
     for ok, key, expected, got in checks:
         if not ok:
             raise ValueError(f"{key}: expected {expected}, got {got!r}")
+    if cfg.privacy.name == "dp":
+        _check_opacus_can_train(cfg)
+
+
+def _check_opacus_can_train(cfg: DictConfig) -> None:
+    """A model with a layer Opacus cannot compute per-sample gradients for (BatchNorm, ...) is refused."""
+    from opacus.validators import ModuleValidator
+
+    from src.models.registry import build_model
+
+    errors = ModuleValidator.validate(build_model(cfg.model, 2), strict=False)
+    if errors:
+        raise ValueError(f"model.name: Opacus cannot train {cfg.model.name} under privacy=dp: {errors[0]}")

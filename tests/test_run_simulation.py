@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,25 +58,145 @@ def test_an_unknown_key_is_refused_by_hydra(tmp_path):
     assert "roundz" in proc.stderr
 
 
-@pytest.mark.e2e
-@pytest.mark.parametrize("mode", ["deployment", "simulation"])
-def test_two_hospitals_two_rounds(tmp_path, mode):
-    proc, run_dir = run(tmp_path, f"federation.mode={mode}", "federation.num_hospitals=2",
-                        "federation.rounds=2", "data.images_per_hospital=40", "data.image_size=32")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "round 2/2" in proc.stdout
+SMALL = ("federation.num_hospitals=2", "federation.rounds=2", "federation.local_epochs=1",
+         "data.images_per_hospital=40", "data.image_size=32", "logger=none")
+
+
+def check_results(run_dir: Path, hospitals: set[str], rounds: list[int]) -> dict:
     results = json.loads((run_dir / "results.json").read_text())
-    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert [r["round"] for r in results["rounds"]] == rounds
     for r in results["rounds"]:
-        assert set(r["hospitals"]) == {"hospital_1", "hospital_2"}
+        assert set(r["hospitals"]) <= hospitals
         assert 0.0 <= r["global"]["accuracy"] <= 1.0
-        assert r["global"]["num_examples"] == sum(h["num_test_examples"] for h in r["hospitals"].values())
-        assert all(h["num_examples"] > 0 for h in r["hospitals"].values())
+        assert r["global"]["num_examples"] >= sum(h["num_test_examples"] for h in r["hospitals"].values())
+        assert all(h["num_examples"] > 0 and h["train_seconds"] > 0 for h in r["hospitals"].values())
         assert {"train", "aggregate", "total"} <= set(r["time"])
-    assert results["config"]["federation"]["mode"] == mode
     saved = torch.load(run_dir / "model.pt", weights_only=False)
-    assert saved["classes"] == ["normal", "bacterial", "viral"]
-    from src.models.registry import build_model
+    assert saved["classes"] == ["normal", "bacterial", "viral"] and saved["round"] == rounds[-1]
     from omegaconf import OmegaConf
 
+    from src.models.registry import build_model
+
     build_model(OmegaConf.create(saved["model"]), 3).load_state_dict(saved["state_dict"])
+    return results
+
+
+def supernode_of(hospital: str) -> int | None:
+    """The pid of the flower-supernode process serving `hospital` (its manifest is in its command line)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "flower-supernode" in cmdline and f"hospitals/{hospital}.json" in cmdline:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.e2e
+def test_deployment_goes_on_when_a_hospital_process_dies(tmp_path):
+    """Three real SuperNodes; hospital_3's is killed (SIGKILL) once round 1 is done. Round 2
+    completes with the other two (federation.min_hospitals=2) and the run names the dead one."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={run_dir}",
+         f"data.root={tmp_path / 'synthetic'}", f"data.cache_dir={tmp_path / 'cache'}",
+         *SMALL, "federation.num_hospitals=3", "federation.min_hospitals=2", "federation.round_timeout=120"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    output = []
+    try:
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith("round 1/2"):
+                pid = supernode_of("hospital_3")
+                assert pid is not None, "".join(output)
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(output)
+    assert proc.returncode == 0, text[-5000:]
+    assert "hospitals that failed during the run: hospital_3" in text
+    results = check_results(run_dir, {"hospital_1", "hospital_2", "hospital_3"}, [1, 2])
+    assert set(results["rounds"][0]["hospitals"]) == {"hospital_1", "hospital_2", "hospital_3"}
+    assert set(results["rounds"][1]["hospitals"]) == {"hospital_1", "hospital_2"}
+    assert results["rounds"][1]["failed_hospitals"] == ["hospital_3"]
+    assert results["config"]["federation"]["mode"] == "deployment"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """`-m strategy=fedavg,fedprox` in simulation mode, with a reader CSV: two runs."""
+    from src.config import compose_config
+    from src.data.synthetic import ensure_synthetic
+
+    base = tmp_path_factory.mktemp("sweep")
+    cfg = compose_config([f"data.root={base / 'synthetic'}", *SMALL])
+    ensure_synthetic(base / "synthetic", 2, 40, int(cfg.seed))
+    images = sorted((base / "synthetic").rglob("*.dcm"))
+    classes = ["normal", "bacterial", "viral"]
+    reads = [(p.relative_to(base / "synthetic"), classes[(classes.index(p.parent.name) + (i % 5 == 0)) % 3])
+             for i, p in enumerate(images)]  # a reader wrong on every fifth image
+    (base / "reads.csv").write_text("image,label\n" + "".join(f"{image},{label}\n" for image, label in reads))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run_simulation.py"), "-m", f"hydra.sweep.dir={base / 'multirun'}",
+         f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", *SMALL,
+         "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}", "strategy=fedavg,fedprox",
+         "strategy.proximal_mu=1.0"],
+        capture_output=True, text=True, timeout=600, cwd=base)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return base, proc
+
+
+@pytest.mark.e2e
+def test_simulation_multirun_sweeps_fedavg_and_fedprox(sweep):
+    base, proc = sweep
+    assert proc.stdout.count("round 2/2") == 2
+    runs = {json.loads((d / "results.json").read_text())["config"]["strategy"]["name"]: d
+            for d in (base / "multirun").iterdir() if (d / "results.json").exists()}
+    assert set(runs) == {"fedavg", "fedprox"}
+    states = {}
+    for name, run_dir in runs.items():
+        results = check_results(run_dir, {"hospital_1", "hospital_2"}, [1, 2])
+        assert results["config"]["federation"]["mode"] == "simulation"
+        reader = results["final"]["reader"]
+        tested = results["final"]["global"]["num_examples"]
+        assert reader["images"] == tested and reader["skipped"] == 80 - tested
+        assert 0.6 < reader["reader"]["accuracy"] < 1.0
+        assert reader["model"]["accuracy"] == results["final"]["global"]["accuracy"]
+        assert "## Expert reads" in (run_dir / "report.md").read_text()
+        states[name] = torch.load(run_dir / "model.pt", weights_only=False)["state_dict"]
+    # the proximal term pulled FedProx's hospitals towards the global model: a different model
+    assert any(not torch.equal(states["fedavg"][k], states["fedprox"][k]) for k in states["fedavg"])
+
+
+@pytest.mark.e2e
+def test_resume_continues_an_interrupted_run_to_the_same_model(sweep, tmp_path):
+    """One round, then `resume=` to two: the same model as the uninterrupted two-round run."""
+    base, _ = sweep
+    common = [f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", *SMALL,
+              "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}"]
+    first = subprocess.run([sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={tmp_path / 'run'}",
+                            *common, "federation.rounds=1"], capture_output=True, text=True, timeout=480, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    round_1 = json.loads((tmp_path / "run" / "results.json").read_text())["rounds"][0]
+
+    changed = subprocess.run([sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={tmp_path / 'x'}",
+                              f"resume={tmp_path / 'run'}", "model.width=8"],
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert changed.returncode == 2 and "model.width cannot change" in changed.stdout
+
+    resumed = subprocess.run([sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={tmp_path / 'again'}",
+                              f"resume={tmp_path / 'run'}", "federation.rounds=2"],
+                             capture_output=True, text=True, timeout=480, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout and "round 1/2" not in resumed.stdout and "round 2/2" in resumed.stdout
+    results = check_results(tmp_path / "run", {"hospital_1", "hospital_2"}, [1, 2])
+    assert results["rounds"][0] == round_1
+    uninterrupted = next(d for d in (base / "multirun").iterdir() if (d / "results.json").exists() and json.loads(
+        (d / "results.json").read_text())["config"]["strategy"]["name"] == "fedavg")
+    expected = torch.load(uninterrupted / "model.pt", weights_only=False)["state_dict"]
+    got = torch.load(tmp_path / "run" / "model.pt", weights_only=False)["state_dict"]
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6)

@@ -9,12 +9,15 @@ cache, since Flower may start a fresh ClientApp process for every message.
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from src.client import privacy
 from src.client.training import make_loader, predict, resolve_device, train_epochs
 from src.config import from_run_config
 from src.data.federation import Federation
@@ -24,13 +27,17 @@ from src.models.registry import build_model
 app = ClientApp()
 
 
-def hospital_data(context: Context) -> Federation:
-    """This hospital's part of the federation."""
+def manifest(context: Context) -> Path:
+    """This hospital's manifest (its part of the federation); its privacy ledger lies beside it."""
     if "manifest" in context.node_config:
-        return Federation.load(Path(str(context.node_config["manifest"])))
+        return Path(str(context.node_config["manifest"]))
     run_dir = Path(str(context.run_config["run-dir"]))
     names = Federation.load(run_dir / "split.json").hospitals
-    return Federation.load(run_dir / "hospitals" / f"{names[int(context.node_config['partition-id'])]}.json")
+    return run_dir / "hospitals" / f"{names[int(context.node_config['partition-id'])]}.json"
+
+
+def hospital_data(context: Context) -> Federation:
+    return Federation.load(manifest(context))
 
 
 def _share_cpu(context: Context) -> None:
@@ -46,10 +53,14 @@ def _model(cfg, classes: list[str], msg: Message):
     return model
 
 
-def _reply(msg: Message, hospital: str, metrics: dict, arrays: ArrayRecord | None = None) -> Message:
-    content = RecordDict({"metrics": MetricRecord(metrics), "hospital": ConfigRecord({"name": hospital})})
+def _reply(msg: Message, hospital: str, metrics: dict, arrays: ArrayRecord | None = None,
+           privacy: dict | None = None, declined: str | None = None) -> Message:
+    content = RecordDict({"metrics": MetricRecord(metrics), "hospital": ConfigRecord(
+        {"name": hospital} | ({"declined": declined} if declined else {}))})
     if arrays is not None:
         content["arrays"] = arrays
+    if privacy is not None:
+        content["privacy"] = ConfigRecord(privacy)
     return Message(content=content, reply_to=msg)
 
 
@@ -60,15 +71,28 @@ def train(msg: Message, context: Context) -> Message:
     data = hospital_data(context)
     hospital, samples = data.hospitals[0], data.select(split="train")
     server_round = int(msg.content["config"]["server-round"])
+    dp, ledger = None, None
+    if cfg.privacy.name == "dp":
+        dp = privacy.plan(cfg.privacy, cfg.federation, len(samples))
+        ledger = privacy.Ledger.open(manifest(context).with_name(f"{hospital}.privacy.json"))
+        refusal = ledger.refusal(dp, server_round)
+        if refusal:
+            return _reply(msg, hospital, {"num-examples": len(samples)}, privacy=ledger.report(dp), declined=refusal)
+        dp = replace(dp, noise_multiplier=ledger.sigma(dp))
     torch.manual_seed(int(cfg.seed) + server_round)
     model = _model(cfg, data.classes, msg)
     loader = make_loader(samples, cfg.data, True, int(cfg.federation.batch_size), int(cfg.seed) + server_round)
-    loss = train_epochs(
+    start = time.perf_counter()
+    loss, steps = train_epochs(
         model, loader, int(cfg.federation.local_epochs), float(cfg.federation.lr), resolve_device(cfg.device),
         proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
+        dp=dp, grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "hooks")),
     )
-    return _reply(msg, hospital, {"train_loss": loss, "num-examples": len(samples)},
-                  ArrayRecord(model.cpu().state_dict()))
+    metrics = {"train_loss": loss, "num-examples": len(samples), "train_seconds": time.perf_counter() - start}
+    if ledger is not None:
+        ledger.spend(dp, server_round, steps)
+    return _reply(msg, hospital, metrics, ArrayRecord(model.cpu().state_dict()),
+                  privacy=ledger.report(dp) if ledger is not None else None)
 
 
 def flatten(metrics: dict) -> dict:

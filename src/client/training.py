@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 from monai.data import DataLoader
+from opacus import PrivacyEngine
 
 from src.data.dataset import make_dataset
+from src.client.privacy import Plan
 from src.data.layouts import Sample
 
 
@@ -26,31 +28,48 @@ def make_loader(samples: list[Sample], data_cfg, train: bool, batch_size: int, s
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=0, generator=generator)
 
 
-def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: float = 0.0) -> float:
-    """Adam for `epochs` epochs; with `proximal_mu` > 0 the FedProx term (mu/2)·||w - w_global||².
+def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: float = 0.0,
+                 dp: Plan | None = None, grad_sample_mode: str = "hooks") -> tuple[float, int]:
+    """Adam for `epochs` epochs; returns the last epoch's mean loss and the optimizer steps taken.
 
-    Returns the mean training loss of the last epoch.
+    With `dp`, Opacus DP-SGD: Poisson sampling (expected batch = the loader's), each
+    sample's gradient clipped to `dp.max_grad_norm`, Gaussian noise of σ·C. With
+    `proximal_mu` > 0, FedProx's pull towards the global weights w_g, applied as a
+    decoupled step w -= lr·mu·(w - w_g) after each optimizer step: a function of the
+    weights alone, so under DP it is post-processing and costs no privacy (as a loss
+    term its gradient would be dropped by Opacus' per-sample clipping).
     """
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    loss_fn = torch.nn.CrossEntropyLoss()
-    last = float("nan")
+    criterion = torch.nn.CrossEntropyLoss()
+    net = model
+    if dp is not None:
+        engine = PrivacyEngine(accountant="rdp")
+        made = engine.make_private(module=model, optimizer=optimizer, criterion=criterion, data_loader=loader,
+                                   noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+                                   poisson_sampling=True, grad_sample_mode=grad_sample_mode)
+        net, optimizer, criterion, loader = made if grad_sample_mode == "ghost" else (*made[:2], criterion, made[2])
+    last, steps = float("nan"), 0
     for _ in range(epochs):
         total, n = 0.0, 0
         for batch in loader:
             images, labels = batch["image"].to(device), torch.as_tensor(batch["label"]).to(device)
             optimizer.zero_grad()
-            loss = loss_fn(model(images), labels)
-            if global_params is not None:
-                loss = loss + proximal_mu / 2 * sum(
-                    (p - g).pow(2).sum() for p, g in zip(model.parameters(), global_params))
+            loss = criterion(net(images), labels)
             loss.backward()
-            optimizer.step()
-            total += loss.item() * len(labels)
+            optimizer.step()  # an empty Poisson batch still takes a (noise-only) step under DP
+            steps += 1
+            if global_params is not None:
+                with torch.no_grad():
+                    for p, g in zip(model.parameters(), global_params):
+                        p.sub_(lr * proximal_mu * (p - g))
+            total += float(loss.item()) * len(labels)
             n += len(labels)
         last = total / max(n, 1)
-    return last
+    if dp is not None:
+        net.remove_hooks() if hasattr(net, "remove_hooks") else None
+    return last, steps
 
 
 @torch.no_grad()

@@ -7,12 +7,11 @@ the final report wants it measured.
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from src.client.training import make_loader, predict, resolve_device
@@ -21,12 +20,13 @@ from src.data.federation import Federation
 from src.metrics import classification_metrics
 from src.models.registry import build_model
 from src.server.dashboard import Dashboard
+from src.server.readers import load_reads, score_reads
 from src.server.report import write_report
-from src.server.results import RunRecord, progress_line
+from src.server.results import RunRecord, announce, progress_line
+from src.server.rounds import RoundFailed, run_rounds
 from src.strategies.observed import make_strategy
 
 app = ServerApp()
-log = logging.getLogger("fedcxr")
 
 
 @app.main()
@@ -36,17 +36,26 @@ def main(grid: Grid, context: Context) -> None:
     federation = Federation.load(run_dir / "split.json")
     torch.manual_seed(int(cfg.seed))  # the same seed starts from the same global model
     model = build_model(cfg.model, len(federation.classes))
-    pooled_test = make_loader(federation.select(split="test"), cfg.data, False,
-                              int(cfg.federation.batch_size), int(cfg.seed))
+    record = RunRecord(run_dir, cfg, federation.classes)
+    checkpoint = record.resume() if cfg.resume else None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["state_dict"])
+    first, rounds = (checkpoint["round"] if checkpoint else 0) + 1, int(cfg.federation.rounds)
+    if first > rounds:
+        announce(f"nothing to do: all {rounds} rounds of {run_dir} are done")
+        return
+    if checkpoint is not None:
+        announce(f"resuming {run_dir} at round {first}/{rounds}")
+    test_samples = federation.select(split="test")
+    pooled_test = make_loader(test_samples, cfg.data, False, int(cfg.federation.batch_size), int(cfg.seed))
+    reads = (load_reads(cfg.eval.reader_csv, test_samples, federation.classes, cfg.data.root)
+             if cfg.eval.reader_csv else None)
     device = resolve_device(cfg.device)
     strategy = make_strategy(cfg)
-    record = RunRecord(run_dir, cfg, federation.classes)
-    rounds = int(cfg.federation.rounds)
     dashboard = Dashboard(cfg, run_dir, federation.classes)
 
-    def evaluate_pooled(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round == 0:
-            return None
+    def finish_round(server_round: int, arrays: ArrayRecord) -> None:
+        """Evaluate on the pooled test set, checkpoint, report."""
         state = arrays.to_torch_state_dict()
         model.load_state_dict(state)
         start = time.perf_counter()
@@ -56,19 +65,18 @@ def main(grid: Grid, context: Context) -> None:
         observed["time"]["evaluate_pooled"] = time.perf_counter() - start
         observed["time"]["total"] = time.perf_counter() - observed["started"]
         entry = record.add_round(server_round, metrics, observed)
+        if reads is not None:
+            entry["reader"] = score_reads(reads, labels, probs, federation.classes)
         write_report(run_dir, record.save(state), labels, probs)
         dashboard.log_round(entry, labels, probs, run_dir / "roc.png")
-        print(progress_line(entry, rounds), flush=True)
-        return MetricRecord({k: metrics[k] for k in ("auc", "accuracy") if metrics[k] is not None})
+        announce(progress_line(entry, rounds))
 
     try:
-        strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=rounds,
-            timeout=float(cfg.federation.round_timeout),
-            train_config=ConfigRecord({"lr": float(cfg.federation.lr)}),
-            evaluate_fn=evaluate_pooled,
-        )
+        run_rounds(strategy, grid, ArrayRecord(model.state_dict()), range(first, rounds + 1),
+                   min_answers=int(cfg.federation.min_hospitals), timeout=float(cfg.federation.round_timeout),
+                   train_config=ConfigRecord({"lr": float(cfg.federation.lr)}), on_round=finish_round)
+    except RoundFailed as e:
+        announce(f"run stopped: {e}; resume with resume={run_dir}")
+        raise
     finally:
         dashboard.finish()

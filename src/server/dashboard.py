@@ -7,11 +7,17 @@ otherwise the run says so and stays offline rather than prompting.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
 
 log = logging.getLogger("fedcxr")
+
+
+def run_id(run_dir: Path) -> str:
+    """One wandb run per run directory, so `resume=` continues the same dashboard."""
+    return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
 
 
 class Dashboard:
@@ -31,7 +37,7 @@ class Dashboard:
             mode = "offline"
         self.run = wandb.init(
             project=cfg.logger.project, entity=cfg.logger.entity, dir=str(run_dir), mode=mode,
-            name=Path(run_dir).name, config=OmegaConf.to_container(cfg, resolve=True),
+            name=Path(run_dir).name, id=run_id(run_dir), resume="allow", config=OmegaConf.to_container(cfg, resolve=True),
             settings=wandb.Settings(silent=True, console="off"),
         )
 
@@ -43,6 +49,8 @@ class Dashboard:
         scalars = {f"global/{k}": v for k, v in entry["global"].items() if isinstance(v, (int, float))}
         for name, metrics in entry["hospitals"].items():
             scalars.update({f"{name}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+            scalars.update({f"{name}/privacy/{k}": v for k, v in metrics.get("privacy", {}).items()
+                            if isinstance(v, (int, float))})
         scalars.update({f"time/{k}": v for k, v in entry["time"].items()})
         if roc_png is not None:  # the report's plot: wandb's own ROC chart needs pandas
             scalars["global/roc"] = wandb.Image(str(roc_png))

@@ -66,6 +66,23 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path) -> N
     plt.close(fig)
 
 
+def privacy_table(hospitals: dict, cfg: dict) -> list[str]:
+    """Each hospital's cumulative (ε, δ) and what produced it, or a line saying there was no DP."""
+    if cfg["privacy"]["name"] != "dp":
+        return ["", "## Privacy", "", "No differential privacy (`privacy=none`): the updates carry no formal guarantee."]
+    target = cfg["privacy"].get("target_epsilon")
+    lines = ["", "## Privacy (DP-SGD, cumulative over every round each hospital trained in)", "",
+             f"Target ε {target if target is not None else '– (fixed σ)'}, clipping norm "
+             f"{cfg['privacy']['max_grad_norm']}, Opacus `{cfg['privacy']['grad_sample_mode']}`.", "",
+             "| hospital | ε | δ | σ | sample rate | steps | accountant | note |", "|---" * 8 + "|"]
+    for name, h in hospitals.items():
+        p = h.get("privacy")
+        if p is not None:
+            lines.append(f"| {name} | {p['epsilon']:.3f} | {p['delta']:g} | {p['noise_multiplier']:.3f} | "
+                         f"{p['sample_rate']:.4f} | {p['steps']} | {p['accountant']} | {h.get('declined', '')} |")
+    return lines
+
+
 def markdown(record: dict) -> str:
     cfg, final = record["config"], record["final"]
     lines = [
@@ -81,6 +98,14 @@ def markdown(record: dict) -> str:
     for name, m in final["hospitals"].items():
         lines.append(f"| {name} | {m.get('num_test_examples', '–')} | "
                      + " | ".join(_fmt(m.get(k)) for k in HEADLINE) + " |")
+    lines += privacy_table(final["hospitals"], cfg)
+    if "reader" in final:
+        r = final["reader"]
+        lines += ["", f"## Expert reads ({r['images']} test images read, {r['skipped']} reads of other images skipped)",
+                  "", "| | " + " | ".join(HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
+        lines += [f"| {who} | " + " | ".join(_fmt(r[who].get(k)) for k in HEADLINE) + " |" for who in ("reader", "model")]
+        lines.append("")
+        lines.append("The reader's calls are hard labels: their AUC is that of a single ROC point.")
     lines += ["", "## Rounds", "", "| round | " + " | ".join(HEADLINE) + " | total s |", "|---" * 6 + "|"]
     for r in record["rounds"]:
         lines.append(f"| {r['round']} | " + " | ".join(_fmt(r["global"].get(k)) for k in HEADLINE)

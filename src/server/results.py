@@ -40,6 +40,19 @@ class RunRecord:
         self.run_dir, self.cfg, self.classes = Path(run_dir), cfg, classes
         self.rounds: list[dict] = []
 
+    def resume(self) -> dict | None:
+        """The last checkpoint (`model.pt`), its round's entries taken back into the record.
+
+        `save` writes results.json before model.pt, so a run stopped between the two has
+        results one round ahead of its model; that round is dropped here and trained again.
+        """
+        results, model = self.run_dir / "results.json", self.run_dir / "model.pt"
+        if not (results.exists() and model.exists()):
+            return None
+        checkpoint = torch.load(model, weights_only=False)
+        self.rounds = [r for r in json.loads(results.read_text())["rounds"] if r["round"] <= checkpoint["round"]]
+        return checkpoint
+
     def add_round(self, server_round: int, global_metrics: dict, observed: dict) -> dict:
         hospitals = {name: unflatten(m, self.classes) for name, m in sorted(observed["hospitals"].items())}
         entry = {"round": server_round, "global": global_metrics, "hospitals": hospitals,
@@ -48,21 +61,40 @@ class RunRecord:
         return entry
 
     def save(self, state_dict: dict) -> dict:
-        torch.save({"state_dict": state_dict, "model": OmegaConf.to_container(self.cfg.model, resolve=True),
-                    "classes": self.classes, "image_size": int(self.cfg.data.image_size)},
-                   self.run_dir / "model.pt")
-        final = {"global": self.rounds[-1]["global"], "hospitals": self.rounds[-1]["hospitals"]} if self.rounds else {}
+        """results.json, then the checkpoint `model.pt`, each replaced atomically."""
+        final = {k: v for k, v in self.rounds[-1].items() if k in ("global", "hospitals", "reader")} if self.rounds else {}
         record = {"config": OmegaConf.to_container(self.cfg, resolve=True), "classes": self.classes,
                   "rounds": self.rounds, "final": final}
-        tmp = self.run_dir / "results.json.tmp"
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(self.run_dir / "results.json")
+        _replace(self.run_dir / "results.json", lambda f: f.write(json.dumps(record, indent=1).encode()))
+        checkpoint = {"state_dict": state_dict, "model": OmegaConf.to_container(self.cfg.model, resolve=True),
+                      "classes": self.classes, "image_size": int(self.cfg.data.image_size),
+                      "round": self.rounds[-1]["round"] if self.rounds else 0}
+        _replace(self.run_dir / "model.pt", lambda f: torch.save(checkpoint, f))
         return record
+
+
+def _replace(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    tmp.replace(path)
+
+
+ANNOUNCE = "[fedcxr] "
+
+
+def announce(text: str) -> None:
+    """A line for the person running the federation: `run_simulation.py` shows the ServerApp's
+    log lines that start with ANNOUNCE and keeps the rest in the federation's log file."""
+    print(ANNOUNCE + text, flush=True)
 
 
 def progress_line(entry: dict, rounds: int) -> str:
     g = entry["global"]
     shown = "  ".join(f"{k} {g[k]:.3f}" for k in HEADLINE if g.get(k) is not None)
     t = entry["time"]
-    return (f"round {entry['round']}/{rounds}  {shown}  hospitals {len(entry['hospitals'])}"
-            f"  time {t.get('total', 0):.1f}s (train {t.get('train', 0):.1f}s)")
+    spent = [h["privacy"]["epsilon"] for h in entry["hospitals"].values() if "privacy" in h]
+    trained = sum("train_loss" in h for h in entry["hospitals"].values())
+    return (f"round {entry['round']}/{rounds}  {shown}  hospitals {trained}/{len(entry['hospitals'])}"
+            + (f"  ε ≤ {max(spent):.2f}" if spent else "")
+            + f"  time {t.get('total', 0):.1f}s (train {t.get('train', 0):.1f}s)")

@@ -15,33 +15,46 @@ from collections import defaultdict
 from flwr.serverapp.strategy import FedAvg, FedProx
 
 
+def trained(msg) -> bool:
+    """A hospital's answer with an update (not an error, not a declined round)."""
+    return not msg.has_error() and "arrays" in msg.content
+
+
 class Observed:
     """Mixin for a `flwr.serverapp.strategy` Strategy: records what each round did."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.rounds: dict[int, dict] = defaultdict(lambda: {"hospitals": {}, "time": {}})
+        self.names: dict[int, str] = {}  # node id -> hospital, learnt from the hospitals' answers
 
-    @staticmethod
-    def _hospital(msg) -> str:
-        return str(msg.content["hospital"]["name"])
+    def _hospital(self, msg) -> str:
+        name = self.names[msg.metadata.src_node_id] = str(msg.content["hospital"]["name"])
+        return name
 
     def configure_train(self, server_round, arrays, config, grid):
         self.rounds[server_round]["started"] = time.perf_counter()
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.rounds[server_round]["asked"] = [m.metadata.dst_node_id for m in messages]
+        return messages
 
     def aggregate_train(self, server_round, replies):
         replies = list(replies)
         record = self.rounds[server_round]
         record["time"]["train"] = time.perf_counter() - record["started"]
-        record["failed"] = [str(m.metadata.src_node_id) for m in replies if m.has_error()]
+        answered = {m.metadata.src_node_id for m in replies if not m.has_error()}
+        # an error reply made by the SuperLink for a vanished node names the SuperLink as its source
+        record["failed"] = [self.names.get(node, f"node {node}") for node in record.pop("asked") if node not in answered]
         for msg in replies:
             if not msg.has_error():
-                metrics = msg.content["metrics"]
-                record["hospitals"].setdefault(self._hospital(msg), {}).update(
-                    {"num_examples": int(metrics["num-examples"]), "train_loss": float(metrics["train_loss"])})
+                hospital = record["hospitals"].setdefault(self._hospital(msg), {})
+                hospital.update({k.replace("-", "_"): v for k, v in msg.content["metrics"].items()})
+                if "privacy" in msg.content:
+                    hospital["privacy"] = dict(msg.content["privacy"])
+                if "declined" in msg.content["hospital"]:
+                    hospital["declined"] = str(msg.content["hospital"]["declined"])
         start = time.perf_counter()
-        result = super().aggregate_train(server_round, replies)
+        result = super().aggregate_train(server_round, [m for m in replies if trained(m)])
         record["time"]["aggregate"] = time.perf_counter() - start
         return result
 

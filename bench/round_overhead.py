@@ -1,0 +1,94 @@
+"""Where the default run's wall time goes: local training vs everything else.
+
+    python bench/round_overhead.py [hydra overrides, e.g. federation.mode=simulation]
+
+Runs the default federation (`python run_simulation.py`'s config, `logger=none`) on
+the synthetic hospitals, prepared beforehand so that data generation is not counted,
+and splits its wall time into: starting the SuperLink and SuperNodes, submitting the
+run, each round's local training (the slowest hospital: hospitals train in parallel,
+so it is the round's critical path), the rest of the round (ClientApp process start,
+model transport, aggregation, the hospitals' and the pooled evaluation), and teardown.
+Everything that is not local training is overhead. Writes bench/results/round_overhead.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hydra.utils import to_absolute_path
+from rich.console import Console
+
+from src.launch.hospitals import hospital_nodes, prepare_federation
+from src.config import compose_config, to_run_config, validate
+from src.launch.federation import run_federation
+
+RESULTS = Path(__file__).parent / "results" / "round_overhead.json"
+PROJECT_DIR = Path(__file__).resolve().parent.parent  # the Flower app (pyproject.toml)
+
+
+def main(overrides: list[str]) -> dict:
+    cfg = compose_config(["logger=none", *overrides])
+    validate(cfg)
+    cfg.data.root = to_absolute_path(str(cfg.data.root))
+    console = Console(stderr=True)
+    with tempfile.TemporaryDirectory(prefix="round_overhead_") as tmp:
+        run_dir = Path(tmp)
+        start = time.perf_counter()
+        hospitals = hospital_nodes(prepare_federation(cfg, run_dir, console), run_dir)
+        data_s = time.perf_counter() - start
+        start = time.perf_counter()
+        outcome = run_federation(PROJECT_DIR, run_dir, hospitals, to_run_config(cfg, run_dir),
+                                 mode=cfg.federation.mode, timeout_s=1800)
+        wall = time.perf_counter() - start
+        if not outcome.ok:
+            sys.exit(f"the federation failed: {outcome.status} {outcome.details}")
+        results = json.loads((run_dir / "results.json").read_text())
+
+    rounds = []
+    for r in results["rounds"]:
+        seconds = [h["train_seconds"] for h in r["hospitals"].values()]
+        t = r["time"]
+        rounds.append({"round": r["round"], "total_s": t["total"], "train_phase_s": t["train"],
+                       "local_training_max_s": max(seconds), "local_training_mean_s": sum(seconds) / len(seconds),
+                       "aggregate_s": t["aggregate"], "evaluate_s": t["total"] - t["train"] - t["aggregate"],
+                       "auc": r["global"]["auc"]})
+    local = sum(r["local_training_max_s"] for r in rounds)
+    in_rounds = sum(r["total_s"] for r in rounds)
+    report = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "config": {k: results["config"]["federation"][k] for k in
+                   ("mode", "num_hospitals", "rounds", "local_epochs", "batch_size")}
+        | {"model": cfg.model.name, "image_size": int(cfg.data.image_size),
+           "images_per_hospital": int(cfg.data.images_per_hospital)},
+        "data_preparation_s": data_s,
+        "wall_s": wall,
+        "launcher_s": outcome.timings,
+        "rounds": rounds,
+        "local_training_s": local,
+        "overhead_share": 1 - local / wall,
+        "overhead_share_within_rounds": 1 - local / in_rounds,
+        "final_auc": results["final"]["global"]["auc"],
+    }
+    print(f"{report['config']}")
+    print(f"data preparation (not counted): {data_s:.1f} s; federation wall time {wall:.1f} s")
+    print("launcher: " + ", ".join(f"{k} {v:.1f} s" for k, v in outcome.timings.items()))
+    print(f"{'round':>5} {'total':>7} {'train phase':>11} {'local max':>9} {'local mean':>10} {'aggregate':>9} "
+          f"{'evaluate':>8}")
+    for r in rounds:
+        print(f"{r['round']:>5} {r['total_s']:>7.1f} {r['train_phase_s']:>11.1f} {r['local_training_max_s']:>9.1f} "
+              f"{r['local_training_mean_s']:>10.1f} {r['aggregate_s']:>9.2f} {r['evaluate_s']:>8.1f}")
+    print(f"local training {local:.1f} s of {wall:.1f} s: overhead {report['overhead_share']:.0%} of the wall time, "
+          f"{report['overhead_share_within_rounds']:.0%} within the rounds")
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

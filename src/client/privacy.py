@@ -1,0 +1,134 @@
+"""Differential privacy at a hospital: Opacus DP-SGD, with ε cumulative over the whole run.
+
+Opacus' accountant knows only the steps of its own PrivacyEngine, and Flower starts a
+fresh ClientApp process for every message (and `resume=` fresh SuperNodes), so a new
+engine each round would report that round's ε alone. The accountant's history — one
+(σ, q, steps) entry per round trained — is kept in the hospital's ledger file next to
+its manifest, and every ε is computed by Opacus' RDP accountant over all of it.
+
+With `privacy.target_epsilon`, σ is chosen once, for the whole planned run
+(rounds × local epochs × steps per epoch at the hospital's sample rate), and written
+to the ledger; later rounds (and resumed runs) reuse it. A round that would take ε
+past the target is declined.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opacus.accountants import RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
+
+ACCOUNTANT = "rdp"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A hospital's DP-SGD settings, derived from the config and its number of training images."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_round: int
+    planned_steps: int
+    delta: float
+    max_grad_norm: float
+    target_epsilon: float | None
+
+
+def plan(privacy, federation, num_train: int) -> Plan:
+    """Check the privacy settings for a hospital of `num_train` images; one clear error naming the key."""
+    delta = float(privacy.delta)
+    if not 0 < delta < 1:
+        raise ValueError(f"privacy.delta: expected a value in (0, 1), got {delta}")
+    if delta >= 1 / num_train:
+        raise ValueError(f"privacy.delta: {delta} is not below 1/n = {1 / num_train:.3g} for a hospital "
+                         f"of {num_train} training images; a δ that large allows leaking a whole record")
+    if float(privacy.max_grad_norm) <= 0:
+        raise ValueError(f"privacy.max_grad_norm: expected > 0, got {privacy.max_grad_norm}")
+    batches = math.ceil(num_train / int(federation.batch_size))
+    sample_rate = 1 / batches  # Opacus' Poisson sampling: expected batch = batch_size
+    steps_per_round = int(federation.local_epochs) * batches
+    planned = int(federation.rounds) * steps_per_round
+    target = privacy.target_epsilon
+    if target is not None:
+        if float(target) <= 0:
+            raise ValueError(f"privacy.target_epsilon: expected > 0, got {target}")
+        try:
+            with warnings.catch_warnings():  # see `epsilon`
+                warnings.simplefilter("ignore", UserWarning)
+                sigma = get_noise_multiplier(target_epsilon=float(target), target_delta=delta,
+                                             sample_rate=sample_rate, steps=planned, accountant=ACCOUNTANT)
+        except ValueError as e:
+            raise ValueError(f"privacy.target_epsilon: ε={target} cannot be met in the planned {planned} steps "
+                             f"at sample rate {sample_rate:.3g} ({e})") from e
+    elif privacy.noise_multiplier is None:
+        raise ValueError("privacy.noise_multiplier: give a noise multiplier or privacy.target_epsilon")
+    else:
+        sigma = float(privacy.noise_multiplier)
+        if sigma <= 0:
+            raise ValueError(f"privacy.noise_multiplier: expected > 0, got {sigma}")
+    return Plan(sigma, sample_rate, steps_per_round, planned, delta, float(privacy.max_grad_norm),
+                None if target is None else float(target))
+
+
+def epsilon(history: list[dict], delta: float) -> float:
+    """ε after every (σ, q, steps) entry of `history`, by Opacus' RDP accountant."""
+    if not history:
+        return 0.0
+    accountant = RDPAccountant()
+    accountant.history = [(h["noise_multiplier"], h["sample_rate"], h["steps"]) for h in history]
+    with warnings.catch_warnings():  # "optimal order is the largest alpha": the bound is valid, only loose
+        warnings.simplefilter("ignore", UserWarning)
+        return float(accountant.get_epsilon(delta=delta))
+
+
+@dataclass
+class Ledger:
+    """A hospital's privacy spending over the run: σ fixed at the first round, one entry per round."""
+
+    path: Path
+    noise_multiplier: float | None = None
+    history: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, path: Path) -> "Ledger":
+        if not Path(path).exists():
+            return cls(Path(path))
+        saved = json.loads(Path(path).read_text())
+        return cls(Path(path), saved["noise_multiplier"], saved["history"])
+
+    def sigma(self, plan: Plan) -> float:
+        """The run's σ: the one already spent under, else the plan's."""
+        return self.noise_multiplier if self.noise_multiplier is not None else plan.noise_multiplier
+
+    def next_round(self, plan: Plan, server_round: int) -> dict:
+        return {"round": server_round, "noise_multiplier": self.sigma(plan), "sample_rate": plan.sample_rate,
+                "steps": plan.steps_per_round}
+
+    def refusal(self, plan: Plan, server_round: int) -> str | None:
+        """Why this round must be declined (it would exceed the target ε), or None."""
+        if plan.target_epsilon is None:
+            return None
+        after = epsilon(self.history + [self.next_round(plan, server_round)], plan.delta)
+        if after > plan.target_epsilon:
+            return (f"privacy budget spent: another round would take ε from "
+                    f"{epsilon(self.history, plan.delta):.3f} to {after:.3f} > target {plan.target_epsilon}")
+        return None
+
+    def spend(self, plan: Plan, server_round: int, steps: int) -> None:
+        """Record a trained round (the steps actually taken) and save atomically."""
+        self.noise_multiplier = self.sigma(plan)
+        self.history.append(self.next_round(plan, server_round) | {"steps": steps})
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"noise_multiplier": self.noise_multiplier, "history": self.history}, indent=1))
+        tmp.replace(self.path)
+
+    def report(self, plan: Plan) -> dict:
+        """What results.json shows for this hospital: ε over every round trained so far."""
+        return {"epsilon": epsilon(self.history, plan.delta), "delta": plan.delta,
+                "noise_multiplier": self.sigma(plan), "sample_rate": plan.sample_rate,
+                "steps": sum(h["steps"] for h in self.history), "accountant": ACCOUNTANT}

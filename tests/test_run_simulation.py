@@ -62,6 +62,9 @@ SMALL = ("federation.num_hospitals=2", "federation.rounds=2", "federation.local_
          "data.images_per_hospital=40", "data.image_size=32", "logger=none")
 
 
+FIXED_SIGMA = ("privacy.target_epsilon=null", "privacy.noise_multiplier=1.0")
+
+
 def check_results(run_dir: Path, hospitals: set[str], rounds: list[int]) -> dict:
     results = json.loads((run_dir / "results.json").read_text())
     assert [r["round"] for r in results["rounds"]] == rounds
@@ -69,8 +72,18 @@ def check_results(run_dir: Path, hospitals: set[str], rounds: list[int]) -> dict
         assert set(r["hospitals"]) <= hospitals
         assert 0.0 <= r["global"]["accuracy"] <= 1.0
         assert r["global"]["num_examples"] >= sum(h["num_test_examples"] for h in r["hospitals"].values())
-        assert all(h["num_examples"] > 0 and h["train_seconds"] > 0 for h in r["hospitals"].values())
+        assert all(h["num_examples"] > 0 for h in r["hospitals"].values())
+        assert all(h["train_seconds"] > 0 for h in r["hospitals"].values() if "declined" not in h)
         assert {"train", "aggregate", "total"} <= set(r["time"])
+    if results["config"]["privacy"]["name"] == "dp":  # cumulative ε: steps counted from the start of the run
+        target = results["config"]["privacy"]["target_epsilon"]
+        for name in hospitals:
+            spent = [r["hospitals"][name]["privacy"] for r in results["rounds"]
+                     if name in r["hospitals"] and "declined" not in r["hospitals"][name]]
+            assert [p["steps"] for p in spent] == sorted(p["steps"] for p in spent)
+            assert all(a["epsilon"] < b["epsilon"] for a, b in zip(spent, spent[1:]) if a["steps"] < b["steps"])
+            assert target is None or all(p["epsilon"] <= target for p in spent)
+            assert all(p["accountant"] == "rdp" and p["delta"] == 1e-5 for p in spent)
     saved = torch.load(run_dir / "model.pt", weights_only=False)
     assert saved["classes"] == ["normal", "bacterial", "viral"] and saved["round"] == rounds[-1]
     from omegaconf import OmegaConf
@@ -93,15 +106,25 @@ def supernode_of(hospital: str) -> int | None:
     return None
 
 
+def spend_privacy_budget(run_dir: Path, hospital: str) -> None:
+    """A ledger far beyond any target (an earlier study, say), where run_simulation.py will look for it."""
+    ledger = run_dir / "hospitals" / f"{hospital}.privacy.json"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_text(json.dumps({"noise_multiplier": 1.0, "history": [
+        {"round": 0, "noise_multiplier": 1.0, "sample_rate": 0.5, "steps": 1000}]}))
+
+
 @pytest.mark.e2e
-def test_deployment_goes_on_when_a_hospital_process_dies(tmp_path):
-    """Three real SuperNodes; hospital_3's is killed (SIGKILL) once round 1 is done. Round 2
-    completes with the other two (federation.min_hospitals=2) and the run names the dead one."""
+def test_deployment_goes_on_when_a_hospital_declines_and_another_dies(tmp_path):
+    """Three real SuperNodes (federation.min_hospitals=1). hospital_1 has spent its privacy
+    budget: it declines every round and says why. hospital_3's SuperNode is killed (SIGKILL)
+    once round 1 is done: round 2 completes with hospital_2, and the run names the dead one."""
     run_dir = tmp_path / "run"
+    spend_privacy_budget(run_dir, "hospital_1")
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={run_dir}",
          f"data.root={tmp_path / 'synthetic'}", f"data.cache_dir={tmp_path / 'cache'}",
-         *SMALL, "federation.num_hospitals=3", "federation.min_hospitals=2", "federation.round_timeout=120"],
+         *SMALL, "federation.num_hospitals=3", "federation.min_hospitals=1", "federation.round_timeout=120"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     output = []
     try:
@@ -117,11 +140,18 @@ def test_deployment_goes_on_when_a_hospital_process_dies(tmp_path):
             proc.kill()
     text = "".join(output)
     assert proc.returncode == 0, text[-5000:]
+    assert "hospitals 2/3" in text and "hospitals 1/2" in text
     assert "hospitals that failed during the run: hospital_3" in text
     results = check_results(run_dir, {"hospital_1", "hospital_2", "hospital_3"}, [1, 2])
-    assert set(results["rounds"][0]["hospitals"]) == {"hospital_1", "hospital_2", "hospital_3"}
-    assert set(results["rounds"][1]["hospitals"]) == {"hospital_1", "hospital_2"}
-    assert results["rounds"][1]["failed_hospitals"] == ["hospital_3"]
+    first, second = results["rounds"]
+    assert set(first["hospitals"]) == {"hospital_1", "hospital_2", "hospital_3"} and first["failed_hospitals"] == []
+    assert set(second["hospitals"]) == {"hospital_1", "hospital_2"} and second["failed_hospitals"] == ["hospital_3"]
+    for entry in (first, second):
+        declined = entry["hospitals"]["hospital_1"]
+        assert "privacy budget spent" in declined["declined"] and "train_loss" not in declined
+        assert declined["privacy"]["steps"] == 1000 and declined["privacy"]["epsilon"] > 8
+        assert "declined" not in entry["hospitals"]["hospital_2"]
+    assert "privacy budget spent" in (run_dir / "report.md").read_text()
     assert results["config"]["federation"]["mode"] == "deployment"
 
 
@@ -142,8 +172,8 @@ def sweep(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "run_simulation.py"), "-m", f"hydra.sweep.dir={base / 'multirun'}",
          f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", *SMALL,
-         "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}", "strategy=fedavg,fedprox",
-         "strategy.proximal_mu=1.0"],
+         "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}", *FIXED_SIGMA,
+         "strategy=fedavg,fedprox"],
         capture_output=True, text=True, timeout=600, cwd=base)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return base, proc
@@ -176,7 +206,7 @@ def test_resume_continues_an_interrupted_run_to_the_same_model(sweep, tmp_path):
     """One round, then `resume=` to two: the same model as the uninterrupted two-round run."""
     base, _ = sweep
     common = [f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", *SMALL,
-              "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}"]
+              "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}", *FIXED_SIGMA]
     first = subprocess.run([sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={tmp_path / 'run'}",
                             *common, "federation.rounds=1"], capture_output=True, text=True, timeout=480, cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -200,3 +230,7 @@ def test_resume_continues_an_interrupted_run_to_the_same_model(sweep, tmp_path):
     got = torch.load(tmp_path / "run" / "model.pt", weights_only=False)["state_dict"]
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6)
+    reference = json.loads((uninterrupted / "results.json").read_text())["rounds"][1]["hospitals"]
+    for name, hospital in results["rounds"][1]["hospitals"].items():  # ε carried across the resume
+        assert hospital["privacy"]["steps"] == reference[name]["privacy"]["steps"]
+        assert hospital["privacy"]["epsilon"] == pytest.approx(reference[name]["privacy"]["epsilon"])

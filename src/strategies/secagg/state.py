@@ -1,0 +1,143 @@
+"""A hospital's secure-aggregation state between stages, as bytes.
+
+Flower runs each ClientApp message in a fresh process, so whatever a hospital must
+remember from one stage to the next (its private keys, its seed b, the shares it
+holds) goes into Context.state as bytes. Format: UTF-8 JSON, one object, no
+executable content (never pickle):
+
+    {"format": "fedcxr-secagg-client/1",
+     "node_id": int, "round": int, "threshold": int, "clip_range": float,
+     "quant_bits": int, "vector_length": int | null,
+     "stage": "new" | "advertised" | "shared" | "masked" | "unmasked",
+     "c_sk": b64 | null, "s_sk": b64 | null, "b": b64 | null,   # wiped after masking
+     "peers":    [[node, c_pk b64, s_pk b64], ...],   # neighbours' keys, itself included
+     "shares":   [[node, b-share b64, sk-share b64], ...],   # shares it holds, its own included
+     "rejected": [[node, reason], ...],   # ciphertexts that failed authentication
+     "revealed": [[node, "b" | "sk"], ...]}
+
+b64 is standard base64 with padding; node ids are JSON integers (up to 2^64 - 1).
+The bytes hold private keys while a round runs: keep them where Context.state is kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+
+FORMAT = "fedcxr-secagg-client/1"
+STAGES = ("new", "advertised", "shared", "masked", "unmasked")
+
+
+class StateError(ValueError):
+    """Bytes that are not a secure-aggregation client state (corrupt, tampered, other version)."""
+
+
+@dataclass
+class ClientState:
+    node_id: int
+    round: int
+    threshold: int
+    clip_range: float
+    quant_bits: int
+    vector_length: int | None = None
+    stage: str = "new"
+    c_sk: bytes | None = None
+    s_sk: bytes | None = None
+    b: bytes | None = None
+    peers: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    shares: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    rejected: dict[int, str] = field(default_factory=dict)
+    revealed: dict[int, str] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "format": FORMAT,
+            "node_id": self.node_id, "round": self.round, "threshold": self.threshold,
+            "clip_range": float(self.clip_range), "quant_bits": self.quant_bits,
+            "vector_length": self.vector_length, "stage": self.stage,
+            "c_sk": _enc(self.c_sk), "s_sk": _enc(self.s_sk), "b": _enc(self.b),
+            "peers": [[k, _enc(c), _enc(s)] for k, (c, s) in sorted(self.peers.items())],
+            "shares": [[k, _enc(b), _enc(s)] for k, (b, s) in sorted(self.shares.items())],
+            "rejected": [[k, v] for k, v in sorted(self.rejected.items())],
+            "revealed": [[k, v] for k, v in sorted(self.revealed.items())],
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ClientState:
+        """Parse and type-check; StateError (a ValueError) naming the offending field on anything unexpected."""
+        try:
+            doc = json.loads(bytes(data).decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise StateError(f"secagg client state: not JSON ({err})") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise StateError(f"secagg client state: expected format {FORMAT!r}")
+        if doc.get("stage") not in STAGES:
+            raise StateError(f"secagg client state: stage: expected one of {STAGES}, got {doc.get('stage')!r}")
+        vector_length = doc.get("vector_length")
+        clip = doc.get("clip_range")
+        if not isinstance(clip, (int, float)) or isinstance(clip, bool):
+            raise StateError("secagg client state: clip_range: expected a number")
+        return cls(
+            node_id=_int(doc, "node_id"), round=_int(doc, "round"), threshold=_int(doc, "threshold"),
+            clip_range=float(clip), quant_bits=_int(doc, "quant_bits"),
+            vector_length=None if vector_length is None else _int(doc, "vector_length"),
+            stage=doc["stage"],
+            c_sk=_dec(doc.get("c_sk"), "c_sk"), s_sk=_dec(doc.get("s_sk"), "s_sk"), b=_dec(doc.get("b"), "b"),
+            peers={k: (_req(c, "peers"), _req(s, "peers")) for k, c, s in _rows(doc, "peers", 3)},
+            shares={k: (_req(b, "shares"), _req(s, "shares")) for k, b, s in _rows(doc, "shares", 3)},
+            rejected={k: _str(v, "rejected") for k, v in _rows(doc, "rejected", 2)},
+            revealed={k: _kind(v) for k, v in _rows(doc, "revealed", 2)},
+        )
+
+
+def _enc(value: bytes | None) -> str | None:
+    return None if value is None else base64.b64encode(value).decode("ascii")
+
+
+def _dec(value, name: str) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise StateError(f"secagg client state: {name}: expected base64 text")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise StateError(f"secagg client state: {name}: invalid base64") from None
+
+
+def _req(value, name: str) -> bytes:
+    out = _dec(value, name)
+    if out is None:
+        raise StateError(f"secagg client state: {name}: missing bytes")
+    return out
+
+
+def _int(doc: dict, name: str) -> int:
+    value = doc.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise StateError(f"secagg client state: {name}: expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _str(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise StateError(f"secagg client state: {name}: expected text")
+    return value
+
+
+def _kind(value) -> str:
+    if value not in ("b", "sk"):
+        raise StateError(f"secagg client state: revealed: expected 'b' or 'sk', got {value!r}")
+    return value
+
+
+def _rows(doc: dict, name: str, width: int) -> list[list]:
+    rows = doc.get(name)
+    if not isinstance(rows, list) or not all(isinstance(r, list) and len(r) == width for r in rows):
+        raise StateError(f"secagg client state: {name}: expected a list of {width}-item lists")
+    for r in rows:
+        _int({"node": r[0]}, "node")
+    return rows

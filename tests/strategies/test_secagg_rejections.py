@@ -1,0 +1,136 @@
+"""Bad answers are logged, recorded and ignored; hospitals refuse requests that would unmask them."""
+
+import logging
+
+import numpy as np
+import pytest
+
+from src.strategies.secagg import BelowThresholdError, ClientSession, SecAggError
+from tests.strategies.secagg_round import Federation, expected_sum, random_inputs
+
+IDS = [3, 9, 27, 81, 243]
+L = 64
+
+
+def reasons(fed, stage):
+    return {r.node: r.reason for r in fed.server.rejections if r.stage == stage}
+
+
+def through_masked_input(updates, weights, **kwargs):
+    fed = Federation(IDS, L)
+    fed.advertise()
+    fed.share_keys()
+    fed.masked_input(updates, weights, **kwargs)
+    return fed
+
+
+def test_masked_vector_of_wrong_length_or_dtype_is_ignored(caplog):
+    updates, weights = random_inputs(IDS, L)
+    fed = Federation(IDS, L)
+    fed.advertise()
+    fed.share_keys()
+    requests = fed.server.masked_input_requests()
+    node = IDS[0]
+    vector = fed.session(node).masked_input(requests[node], updates[node], weights[node])
+    with caplog.at_level(logging.WARNING):
+        assert not fed.server.receive_masked_vector(node, vector[:-1])
+        assert not fed.server.receive_masked_vector(node, vector.astype(np.int64))
+        assert not fed.server.receive_masked_vector(node, vector.astype(np.float64))
+        assert not fed.server.receive_masked_vector(node, vector.tolist())
+        assert not fed.server.receive_masked_vector(node, vector.reshape(1, -1))
+    assert "expected shape" in caplog.text and "uint64" in caplog.text
+    assert len(reasons(fed, "masked_input")) == 1 and len(fed.server.rejections) == 5
+    assert fed.server.receive_masked_vector(node, vector)  # the right one is still welcome
+
+
+def test_duplicate_and_out_of_order_answers_are_ignored():
+    updates, weights = random_inputs(IDS, L)
+    fed = Federation(IDS, L)
+    late = IDS[-1]
+    fed.advertise(skip={late})
+    c_pk, s_pk = ClientSession(IDS[0], **fed.server.client_config()).advertise_keys()
+    assert not fed.server.receive_public_keys(IDS[0], c_pk, s_pk)  # twice (first keys kept)
+    assert "twice" in reasons(fed, "advertise_keys")[IDS[0]]
+    assert not fed.server.receive_public_keys(10**6, c_pk, s_pk)  # not a participant
+    assert "not a participant" in reasons(fed, "advertise_keys")[10**6]
+    assert not fed.server.receive_masked_vector(IDS[1], np.zeros(L + 1, np.uint64))  # too early
+    assert "out of order" in reasons(fed, "masked_input")[IDS[1]]
+    fed.share_keys()
+    assert late not in fed.requests
+    late_keys = ClientSession(late, **fed.server.client_config()).advertise_keys()
+    assert not fed.server.receive_public_keys(late, *late_keys)  # stage closed
+    assert not fed.server.receive_ciphertexts(late, {})  # never advertised
+    assert "did not complete the previous stage" in reasons(fed, "share_keys")[late]
+    fed.masked_input(updates, weights)
+    first = IDS[0]
+    assert not fed.server.receive_masked_vector(first, fed.sent[first])  # twice: not added again
+    fed.unmask()
+    total, weight = fed.server.aggregate()
+    want, want_weight = expected_sum(updates, weights, IDS[:-1], 1.0, 16)
+    np.testing.assert_array_equal(total, want)
+    assert weight == want_weight
+
+
+def test_ciphertexts_for_the_wrong_neighbours_are_ignored():
+    fed = Federation(IDS, L, num_shares=3)
+    fed.advertise()
+    requests = fed.server.share_keys_requests()
+    node = IDS[0]
+    cts = fed.session(node).share_keys(requests[node])
+    assert not fed.server.receive_ciphertexts(node, {**cts, IDS[2]: b"x" * 80})
+    assert "expected ciphertexts for" in reasons(fed, "share_keys")[node]
+    assert fed.server.receive_ciphertexts(node, cts)
+
+
+@pytest.mark.parametrize("attack", ["flip", "swap"])
+def test_tampered_share_ciphertext_is_rejected_and_the_round_completes(attack, caplog):
+    updates, weights = random_inputs(IDS, L)
+    src, dst, other = IDS[1], IDS[3], IDS[4]
+
+    def tamper(requests):
+        if attack == "flip":
+            ct = bytearray(requests[dst][src])
+            ct[-1] ^= 1
+            requests[dst][src] = bytes(ct)
+        else:  # a ciphertext meant for another hospital: bound to (round, src, dst) by the AAD
+            requests[dst][src] = requests[other][src]
+
+    with caplog.at_level(logging.WARNING):
+        fed = through_masked_input(updates, weights, tamper=tamper)
+    assert "failed authentication" in fed.session(dst).rejected[src]
+    assert f"hospital {dst} rejected the shares from {src}" in caplog.text
+    fed.unmask()
+    total, weight = fed.server.aggregate()
+    want, want_weight = expected_sum(updates, weights, IDS, 1.0, 16)
+    np.testing.assert_array_equal(total, want)
+    assert weight == want_weight
+
+
+def test_a_hospital_never_reveals_both_secrets_of_one_hospital():
+    updates, weights = random_inputs(IDS, L)
+    fed = through_masked_input(updates, weights)
+    node, other, rest = IDS[0], IDS[1], IDS[2:4]  # threshold 3
+    session = fed.session(node)
+    with pytest.raises(SecAggError, match="both survivor and dropped"):
+        session.unmask([node, other, *rest], [other])
+    with pytest.raises(SecAggError, match="listed as dropped"):
+        session.unmask([other, *rest], [node])
+    with pytest.raises(BelowThresholdError, match="a sum of 2 hospitals"):
+        session.unmask([node, other], [])
+    b_shares, sk_shares = session.unmask([node, other, *rest], [])
+    assert set(b_shares) == {node, other, *rest} and sk_shares == {}
+    session = ClientSession.from_bytes(session.to_bytes())  # the memory survives the next message
+    with pytest.raises(SecAggError, match=rf"already revealed the other secret of \[{other}\]"):
+        session.unmask([node, *rest], [other])
+    assert session.unmask([node, other, *rest], [])[0] == b_shares  # asking again for the same is harmless
+
+
+def test_client_stages_must_come_in_order():
+    session = ClientSession(1, server_round=2, threshold=2, clip_range=1.0, quant_bits=8)
+    with pytest.raises(SecAggError, match="out of order"):
+        session.share_keys({})
+    with pytest.raises(SecAggError, match="out of order"):
+        session.unmask([], [])
+    session.advertise_keys()
+    with pytest.raises(SecAggError, match="out of order"):
+        session.advertise_keys()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -32,6 +33,8 @@ from pydicom.uid import (
     generate_uid,
 )
 from scipy import ndimage
+
+logging.getLogger("openjpeg").setLevel(logging.WARNING)  # it logs every encoded tile at INFO
 
 CLASSES = ("normal", "bacterial", "viral")
 VERSION = 1  # bump whenever the images change, so stale sets get regenerated

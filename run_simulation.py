@@ -24,6 +24,7 @@ from rich.table import Table
 from src.baselines import baselines_markdown, run_baselines
 from src.client.privacy import plan
 from src.config import to_run_config, validate
+from src.strategies.secure import check_secagg
 from src.launch.federation import Hospital, run_federation
 from src.launch.hospitals import hospital_nodes, prepare_federation
 from src.server.readers import load_reads
@@ -83,9 +84,12 @@ def prepare_run(cfg: DictConfig, run_dir: Path, console: Console) -> tuple[DictC
     federation = prepare_federation(cfg, run_dir, console)
     if cfg.eval.reader_csv:
         load_reads(cfg.eval.reader_csv, federation.select(split="test"), federation.classes, cfg.data.root)
+    train_sizes = [sum(splits["train"]) for splits in federation.counts().values()]
     if cfg.privacy.name == "dp":  # δ < 1/n and a reachable target ε, for every hospital's n
-        for splits in federation.counts().values():
-            plan(cfg.privacy, cfg.federation, sum(splits["train"]))
+        for n in train_sizes:
+            plan(cfg.privacy, cfg.federation, n)
+    if cfg.strategy.name == "secagg":  # the sum over all hospitals must not wrap around the modulus
+        check_secagg(cfg.strategy, max(train_sizes), len(train_sizes))
     return cfg, run_dir, hospital_nodes(federation, run_dir)
 
 

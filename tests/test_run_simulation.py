@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +65,7 @@ SMALL = ("federation.num_hospitals=2", "federation.rounds=2", "federation.local_
 
 
 FIXED_SIGMA = ("privacy.target_epsilon=null", "privacy.noise_multiplier=1.0")
+THREE = ("federation.num_hospitals=3", "federation.min_hospitals=2")
 
 
 def check_results(run_dir: Path, hospitals: set[str], rounds: list[int]) -> dict:
@@ -71,7 +74,7 @@ def check_results(run_dir: Path, hospitals: set[str], rounds: list[int]) -> dict
     for r in results["rounds"]:
         assert set(r["hospitals"]) <= hospitals
         assert 0.0 <= r["global"]["accuracy"] <= 1.0
-        assert r["global"]["num_examples"] >= sum(h["num_test_examples"] for h in r["hospitals"].values())
+        assert r["global"]["num_examples"] >= sum(h.get("num_test_examples", 0) for h in r["hospitals"].values())
         assert all(h["num_examples"] > 0 for h in r["hospitals"].values())
         assert all(h["train_seconds"] > 0 for h in r["hospitals"].values() if "declined" not in h)
         assert {"train", "aggregate", "total"} <= set(r["time"])
@@ -115,98 +118,116 @@ def spend_privacy_budget(run_dir: Path, hospital: str) -> None:
 
 
 @pytest.mark.e2e
-def test_deployment_goes_on_when_a_hospital_declines_and_another_dies(tmp_path):
-    """Three real SuperNodes (federation.min_hospitals=1). hospital_1 has spent its privacy
-    budget: it declines every round and says why. hospital_3's SuperNode is killed (SIGKILL)
-    once round 1 is done: round 2 completes with hospital_2, and the run names the dead one."""
+def test_deployment_secure_aggregation_recovers_a_hospital_killed_mid_protocol(tmp_path):
+    """The default run's privacy=dp strategy=secagg on three real SuperNodes. hospital_3's SuperNode
+    is killed (SIGKILL) once it has shared its keys and is asked for its masked update: the
+    round completes with the other two, its masks recovered from their shares, and the run
+    names the dead hospital."""
     run_dir = tmp_path / "run"
-    spend_privacy_budget(run_dir, "hospital_1")
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={run_dir}",
          f"data.root={tmp_path / 'synthetic'}", f"data.cache_dir={tmp_path / 'cache'}",
-         *SMALL, "federation.num_hospitals=3", "federation.min_hospitals=1", "federation.round_timeout=120"],
+         *SMALL, "federation.num_hospitals=3", "federation.rounds=1", "federation.round_timeout=120"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-    output = []
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
+    reader.start()
+    log = run_dir / "federation" / "logs" / "supernode-hospital_3.log"
+    killed = False
     try:
-        for line in proc.stdout:
-            output.append(line)
-            if line.startswith("round 1/2"):
-                pid = supernode_of("hospital_3")
-                assert pid is not None, "".join(output)
-                os.kill(pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+        while proc.poll() is None and not killed:
+            if log.exists() and "Receiving: train.secagg_mask" in log.read_text(errors="replace"):
+                os.kill(supernode_of("hospital_3"), signal.SIGKILL)
+                killed = True
+            time.sleep(0.05)
+        proc.wait(timeout=400)
     finally:
         if proc.poll() is None:
             proc.kill()
+    reader.join(timeout=10)
     text = "".join(output)
+    assert killed, text[-5000:]
     assert proc.returncode == 0, text[-5000:]
-    assert "hospitals 2/3" in text and "hospitals 1/2" in text
     assert "hospitals that failed during the run: hospital_3" in text
-    results = check_results(run_dir, {"hospital_1", "hospital_2", "hospital_3"}, [1, 2])
-    first, second = results["rounds"]
-    assert set(first["hospitals"]) == {"hospital_1", "hospital_2", "hospital_3"} and first["failed_hospitals"] == []
-    assert set(second["hospitals"]) == {"hospital_1", "hospital_2"} and second["failed_hospitals"] == ["hospital_3"]
-    for entry in (first, second):
-        declined = entry["hospitals"]["hospital_1"]
-        assert "privacy budget spent" in declined["declined"] and "train_loss" not in declined
-        assert declined["privacy"]["steps"] == 1000 and declined["privacy"]["epsilon"] > 8
-        assert "declined" not in entry["hospitals"]["hospital_2"]
-    assert "privacy budget spent" in (run_dir / "report.md").read_text()
+    results = check_results(run_dir, {"hospital_1", "hospital_2", "hospital_3"}, [1])
+    assert results["config"]["strategy"]["name"] == "secagg" and results["config"]["privacy"]["name"] == "dp"
+    secure = results["rounds"][0]["secure_aggregation"]
+    assert secure["survivors"] == ["hospital_1", "hospital_2"] and secure["dropped"] == ["hospital_3"]
     assert results["config"]["federation"]["mode"] == "deployment"
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """`-m strategy=fedavg,fedprox` in simulation mode, with a reader CSV: two runs."""
+    """`-m strategy=fedavg,fedprox,secagg` in simulation mode: three runs of three hospitals, with a
+    reader CSV, and hospital_3's privacy budget already spent (it declines every round)."""
     from src.config import compose_config
     from src.data.synthetic import ensure_synthetic
 
     base = tmp_path_factory.mktemp("sweep")
     cfg = compose_config([f"data.root={base / 'synthetic'}", *SMALL])
-    ensure_synthetic(base / "synthetic", 2, 40, int(cfg.seed))
+    ensure_synthetic(base / "synthetic", 3, 40, int(cfg.seed))
     images = sorted((base / "synthetic").rglob("*.dcm"))
     classes = ["normal", "bacterial", "viral"]
     reads = [(p.relative_to(base / "synthetic"), classes[(classes.index(p.parent.name) + (i % 5 == 0)) % 3])
              for i, p in enumerate(images)]  # a reader wrong on every fifth image
     (base / "reads.csv").write_text("image,label\n" + "".join(f"{image},{label}\n" for image, label in reads))
+    for job in range(3):
+        spend_privacy_budget(base / "multirun" / str(job), "hospital_3")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "run_simulation.py"), "-m", f"hydra.sweep.dir={base / 'multirun'}",
-         f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", *SMALL,
+         f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", *SMALL, *THREE,
          "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}", *FIXED_SIGMA,
-         "strategy=fedavg,fedprox"],
+         "strategy=fedavg,fedprox,secagg"],
         capture_output=True, text=True, timeout=600, cwd=base)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return base, proc
 
 
-@pytest.mark.e2e
-def test_simulation_multirun_sweeps_fedavg_and_fedprox(sweep):
-    base, proc = sweep
-    assert proc.stdout.count("round 2/2") == 2
-    runs = {json.loads((d / "results.json").read_text())["config"]["strategy"]["name"]: d
+def sweep_runs(base: Path) -> dict[str, Path]:
+    return {json.loads((d / "results.json").read_text())["config"]["strategy"]["name"]: d
             for d in (base / "multirun").iterdir() if (d / "results.json").exists()}
-    assert set(runs) == {"fedavg", "fedprox"}
+
+
+@pytest.mark.e2e
+def test_simulation_multirun_sweeps_strategies_with_a_declining_hospital_and_expert_reads(sweep):
+    base, proc = sweep
+    assert proc.stdout.count("round 2/2") == 3 and proc.stdout.count("hospitals 2/3") == 6
+    runs = sweep_runs(base)
+    assert set(runs) == {"fedavg", "fedprox", "secagg"}
     states = {}
     for name, run_dir in runs.items():
-        results = check_results(run_dir, {"hospital_1", "hospital_2"}, [1, 2])
+        results = check_results(run_dir, {"hospital_1", "hospital_2", "hospital_3"}, [1, 2])
         assert results["config"]["federation"]["mode"] == "simulation"
+        for entry in results["rounds"]:
+            declined = entry["hospitals"]["hospital_3"]
+            assert "privacy budget spent" in declined["declined"] and "train_loss" not in declined
+            assert declined["privacy"]["steps"] == 1000
         reader = results["final"]["reader"]
         tested = results["final"]["global"]["num_examples"]
-        assert reader["images"] == tested and reader["skipped"] == 80 - tested
+        assert reader["images"] == tested and reader["skipped"] == 120 - tested
         assert 0.6 < reader["reader"]["accuracy"] < 1.0
         assert reader["model"]["accuracy"] == results["final"]["global"]["accuracy"]
-        assert "## Expert reads" in (run_dir / "report.md").read_text()
+        report = (run_dir / "report.md").read_text()
+        assert "## Expert reads" in report and "privacy budget spent" in report
         states[name] = torch.load(run_dir / "model.pt", weights_only=False)["state_dict"]
-    # the proximal term pulled FedProx's hospitals towards the global model: a different model
+    # FedProx's pull towards the global model gives a different model
     assert any(not torch.equal(states["fedavg"][k], states["fedprox"][k]) for k in states["fedavg"])
+    # secure aggregation gives FedAvg's model up to quantisation: each round's average is within
+    # clip_range / (2^quant_bits - 1) = 3e-8 per weight, and training carries that difference on
+    secure = json.loads((runs["secagg"] / "results.json").read_text())
+    assert all(r["secure_aggregation"]["survivors"] == ["hospital_1", "hospital_2"] for r in secure["rounds"])
+    for key in states["fedavg"]:
+        torch.testing.assert_close(states["secagg"][key], states["fedavg"][key], rtol=0, atol=1e-5)
 
 
 @pytest.mark.e2e
 def test_resume_continues_an_interrupted_run_to_the_same_model(sweep, tmp_path):
     """One round, then `resume=` to two: the same model as the uninterrupted two-round run."""
     base, _ = sweep
-    common = [f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", *SMALL,
-              "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}", *FIXED_SIGMA]
+    common = [f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", *SMALL, *THREE,
+              "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}", *FIXED_SIGMA,
+              "strategy=fedavg"]
+    spend_privacy_budget(tmp_path / "run", "hospital_3")
     first = subprocess.run([sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={tmp_path / 'run'}",
                             *common, "federation.rounds=1"], capture_output=True, text=True, timeout=480, cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -222,10 +243,9 @@ def test_resume_continues_an_interrupted_run_to_the_same_model(sweep, tmp_path):
                              capture_output=True, text=True, timeout=480, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "round 1/2" not in resumed.stdout and "round 2/2" in resumed.stdout
-    results = check_results(tmp_path / "run", {"hospital_1", "hospital_2"}, [1, 2])
+    results = check_results(tmp_path / "run", {"hospital_1", "hospital_2", "hospital_3"}, [1, 2])
     assert results["rounds"][0] == round_1
-    uninterrupted = next(d for d in (base / "multirun").iterdir() if (d / "results.json").exists() and json.loads(
-        (d / "results.json").read_text())["config"]["strategy"]["name"] == "fedavg")
+    uninterrupted = sweep_runs(base)["fedavg"]
     expected = torch.load(uninterrupted / "model.pt", weights_only=False)["state_dict"]
     got = torch.load(tmp_path / "run" / "model.pt", weights_only=False)["state_dict"]
     for key in expected:

@@ -3,7 +3,10 @@
 A hospital's images are named by its manifest (its part of the run's `split.json`),
 given by the SuperNode's node config (`hospital`, `manifest`) in deployment, or
 looked up by partition id in simulation. Decoded images come from the on-disk MONAI
-cache, since Flower may start a fresh ClientApp process for every message.
+cache, since Flower may start a fresh ClientApp process for every message — which is
+also why torch, MONAI and Opacus are imported inside the handlers that use them: the
+secure-aggregation stages (`src/client/secure_aggregation.py`) need none of them, and
+importing them costs seconds per message.
 """
 
 from __future__ import annotations
@@ -13,18 +16,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from src.client import privacy
-from src.client.training import make_loader, predict, resolve_device, train_epochs
+from src.client import secure_aggregation
 from src.config import from_run_config
 from src.data.federation import Federation
-from src.metrics import classification_metrics
-from src.models.registry import build_model
 
 app = ClientApp()
+app.train("secagg_share")(secure_aggregation.share_keys)
+app.train("secagg_mask")(secure_aggregation.masked_input)
+app.train("secagg_unmask")(secure_aggregation.unmask)
 
 
 def manifest(context: Context) -> Path:
@@ -43,29 +45,40 @@ def hospital_data(context: Context) -> Federation:
 def _share_cpu(context: Context) -> None:
     """Hospitals sharing one machine each get their share of its cores (node config `threads`):
     several processes each running torch on all cores slow one another down many times over."""
+    import torch
+
     if "threads" in context.node_config:
         torch.set_num_threads(int(context.node_config["threads"]))
 
 
 def _model(cfg, classes: list[str], msg: Message):
+    from src.models.registry import build_model
+
     model = build_model(cfg.model, len(classes))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return model
 
 
-def _reply(msg: Message, hospital: str, metrics: dict, arrays: ArrayRecord | None = None,
-           privacy: dict | None = None, declined: str | None = None) -> Message:
+def _reply(msg: Message, hospital: str, metrics: dict, records: dict | None = None,
+           declined: str | None = None) -> Message:
     content = RecordDict({"metrics": MetricRecord(metrics), "hospital": ConfigRecord(
         {"name": hospital} | ({"declined": declined} if declined else {}))})
-    if arrays is not None:
-        content["arrays"] = arrays
-    if privacy is not None:
-        content["privacy"] = ConfigRecord(privacy)
+    for name, record in (records or {}).items():
+        if record is not None:
+            content[name] = record
     return Message(content=content, reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    """Local epochs (DP-SGD under privacy=dp); the update goes back in the clear (FedAvg, FedProx)
+    or stays here, masked by secure aggregation (secagg)."""
+    import torch
+
+    from src.client import privacy
+    from src.client.training import make_loader, resolve_device, train_epochs
+    from src.strategies.secure import flatten
+
     _share_cpu(context)
     cfg = from_run_config(context.run_config)
     data = hospital_data(context)
@@ -77,7 +90,8 @@ def train(msg: Message, context: Context) -> Message:
         ledger = privacy.Ledger.open(manifest(context).with_name(f"{hospital}.privacy.json"))
         refusal = ledger.refusal(dp, server_round)
         if refusal:
-            return _reply(msg, hospital, {"num-examples": len(samples)}, privacy=ledger.report(dp), declined=refusal)
+            return _reply(msg, hospital, {"num-examples": len(samples)},
+                          {"privacy": ConfigRecord(ledger.report(dp))}, declined=refusal)
         dp = replace(dp, noise_multiplier=ledger.sigma(dp))
     torch.manual_seed(int(cfg.seed) + server_round)
     model = _model(cfg, data.classes, msg)
@@ -89,10 +103,17 @@ def train(msg: Message, context: Context) -> Message:
         dp=dp, grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "hooks")),
     )
     metrics = {"train_loss": loss, "num-examples": len(samples), "train_seconds": time.perf_counter() - start}
+    records = {}
     if ledger is not None:
         ledger.spend(dp, server_round, steps)
-    return _reply(msg, hospital, metrics, ArrayRecord(model.cpu().state_dict()),
-                  privacy=ledger.report(dp) if ledger is not None else None)
+        records["privacy"] = ConfigRecord(ledger.report(dp))
+    trained = ArrayRecord(model.cpu().state_dict())
+    if "secagg" in msg.content:
+        update = flatten(trained) - flatten(msg.content["arrays"])
+        records["secagg-keys"] = secure_aggregation.advertise(msg, context, update, len(samples))
+    else:
+        records["arrays"] = trained
+    return _reply(msg, hospital, metrics, records)
 
 
 def flatten(metrics: dict) -> dict:
@@ -112,6 +133,9 @@ def flatten(metrics: dict) -> dict:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
+    from src.client.training import make_loader, predict, resolve_device
+    from src.metrics import classification_metrics
+
     _share_cpu(context)
     cfg = from_run_config(context.run_config)
     data = hospital_data(context)

@@ -57,6 +57,8 @@ class RunRecord:
         hospitals = {name: unflatten(m, self.classes) for name, m in sorted(observed["hospitals"].items())}
         entry = {"round": server_round, "global": global_metrics, "hospitals": hospitals,
                  "failed_hospitals": observed.get("failed", []), "time": observed["time"]}
+        if "secure_aggregation" in observed:
+            entry["secure_aggregation"] = observed["secure_aggregation"]
         self.rounds.append(entry)
         return entry
 

@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from src.strategies.observed import trained
+from src.strategies.secagg import BelowThresholdError
 
 
 class RoundFailed(RuntimeError):
@@ -36,7 +37,10 @@ def run_rounds(
     for server_round in rounds:
         replies = list(grid.send_and_receive(
             strategy.configure_train(server_round, arrays, train_config, grid), timeout=timeout))
-        aggregated, _ = strategy.aggregate_train(server_round, replies)  # records every answer
+        try:
+            aggregated, _ = strategy.aggregate_train(server_round, replies)  # records every answer
+        except BelowThresholdError as e:
+            raise RoundFailed(f"round {server_round}: {e}; the global model stays at round {server_round - 1}") from e
         answered = sum(map(trained, replies))
         if answered < min_answers:
             declined = [f"{m.content['hospital']['name']}: {m.content['hospital']['declined']}"

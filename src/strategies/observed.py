@@ -16,8 +16,8 @@ from flwr.serverapp.strategy import FedAvg, FedProx
 
 
 def trained(msg) -> bool:
-    """A hospital's answer with an update (not an error, not a declined round)."""
-    return not msg.has_error() and "arrays" in msg.content
+    """A hospital that trained this round (not an error, not a declined round)."""
+    return not msg.has_error() and "declined" not in msg.content["hospital"]
 
 
 class Observed:
@@ -86,4 +86,13 @@ def make_strategy(cfg):
         return ObservedFedAvg(**common)
     if cfg.strategy.name == "fedprox":
         return ObservedFedProx(proximal_mu=float(cfg.strategy.proximal_mu), **common)
-    raise ValueError(f"strategy.name: unknown strategy {cfg.strategy.name!r}; expected fedavg or fedprox")
+    if cfg.strategy.name == "secagg":
+        from src.strategies.secure import SecureFedAvg, SecureFedProx
+
+        s = cfg.strategy
+        secure = dict(clip_range=float(s.clip_range), quant_bits=int(s.quant_bits), num_shares=s.num_shares,
+                      threshold=s.threshold, stage_timeout=float(cfg.federation.round_timeout), **common)
+        if float(s.proximal_mu) > 0:
+            return SecureFedProx(proximal_mu=float(s.proximal_mu), **secure)
+        return SecureFedAvg(**secure)
+    raise ValueError(f"strategy.name: unknown strategy {cfg.strategy.name!r}; expected fedavg, fedprox or secagg")

@@ -64,7 +64,6 @@ SMALL = ("federation.num_hospitals=2", "federation.rounds=2", "federation.local_
          "data.images_per_hospital=40", "data.image_size=32", "logger=none")
 
 
-FIXED_SIGMA = ("privacy.target_epsilon=null", "privacy.noise_multiplier=1.0")
 THREE = ("federation.num_hospitals=3", "federation.min_hospitals=2")
 
 
@@ -176,8 +175,7 @@ def sweep(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "run_simulation.py"), "-m", f"hydra.sweep.dir={base / 'multirun'}",
          f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", *SMALL, *THREE,
-         "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}", *FIXED_SIGMA,
-         "strategy=fedavg,fedprox,secagg"],
+         "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}", "strategy=fedavg,fedprox,secagg"],
         capture_output=True, text=True, timeout=600, cwd=base)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return base, proc
@@ -222,15 +220,29 @@ def test_simulation_multirun_sweeps_strategies_with_a_declining_hospital_and_exp
 
 @pytest.mark.e2e
 def test_resume_continues_an_interrupted_run_to_the_same_model(sweep, tmp_path):
-    """One round, then `resume=` to two: the same model as the uninterrupted two-round run."""
+    """Ctrl-C after round 1 of 2, then `resume=`: the same model as the uninterrupted run of the
+    sweep, and ε carried over (never under-counted: a round trained before the interruption
+    counts again when it is redone)."""
     base, _ = sweep
-    common = [f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", *SMALL, *THREE,
-              "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}", *FIXED_SIGMA,
-              "strategy=fedavg"]
     spend_privacy_budget(tmp_path / "run", "hospital_3")
-    first = subprocess.run([sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={tmp_path / 'run'}",
-                            *common, "federation.rounds=1"], capture_output=True, text=True, timeout=480, cwd=tmp_path)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={tmp_path / 'run'}",
+         f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", *SMALL, *THREE,
+         "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}", "strategy=fedavg"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, start_new_session=True)
+    output = []
+    try:
+        for line in first.stdout:
+            output.append(line)
+            if line.startswith("round 1/2"):
+                os.killpg(first.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+                break
+        first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode != 0, "".join(output)[-3000:]
+    assert [r["round"] for r in json.loads((tmp_path / "run" / "results.json").read_text())["rounds"]] == [1]
     round_1 = json.loads((tmp_path / "run" / "results.json").read_text())["rounds"][0]
 
     changed = subprocess.run([sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={tmp_path / 'x'}",
@@ -239,8 +251,7 @@ def test_resume_continues_an_interrupted_run_to_the_same_model(sweep, tmp_path):
     assert changed.returncode == 2 and "model.width cannot change" in changed.stdout
 
     resumed = subprocess.run([sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={tmp_path / 'again'}",
-                              f"resume={tmp_path / 'run'}", "federation.rounds=2"],
-                             capture_output=True, text=True, timeout=480, cwd=tmp_path)
+                              f"resume={tmp_path / 'run'}"], capture_output=True, text=True, timeout=480, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "round 1/2" not in resumed.stdout and "round 2/2" in resumed.stdout
     results = check_results(tmp_path / "run", {"hospital_1", "hospital_2", "hospital_3"}, [1, 2])
@@ -252,5 +263,6 @@ def test_resume_continues_an_interrupted_run_to_the_same_model(sweep, tmp_path):
         torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6)
     reference = json.loads((uninterrupted / "results.json").read_text())["rounds"][1]["hospitals"]
     for name, hospital in results["rounds"][1]["hospitals"].items():  # ε carried across the resume
-        assert hospital["privacy"]["steps"] == reference[name]["privacy"]["steps"]
-        assert hospital["privacy"]["epsilon"] == pytest.approx(reference[name]["privacy"]["epsilon"])
+        assert hospital["privacy"]["steps"] >= reference[name]["privacy"]["steps"]
+        if hospital["privacy"]["steps"] == reference[name]["privacy"]["steps"]:
+            assert hospital["privacy"]["epsilon"] == pytest.approx(reference[name]["privacy"]["epsilon"])

@@ -157,7 +157,7 @@ def test_deployment_secure_aggregation_recovers_a_hospital_killed_mid_protocol(t
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """`-m strategy=fedavg,fedprox,secagg` in simulation mode: three runs of three hospitals, with a
+    """`-m strategy=fedavg,secagg` in simulation mode: two runs of three hospitals, with a
     reader CSV, and hospital_3's privacy budget already spent (it declines every round)."""
     from src.config import compose_config
     from src.data.synthetic import ensure_synthetic
@@ -170,12 +170,12 @@ def sweep(tmp_path_factory):
     reads = [(p.relative_to(base / "synthetic"), classes[(classes.index(p.parent.name) + (i % 5 == 0)) % 3])
              for i, p in enumerate(images)]  # a reader wrong on every fifth image
     (base / "reads.csv").write_text("image,label\n" + "".join(f"{image},{label}\n" for image, label in reads))
-    for job in range(3):
+    for job in range(2):
         spend_privacy_budget(base / "multirun" / str(job), "hospital_3")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "run_simulation.py"), "-m", f"hydra.sweep.dir={base / 'multirun'}",
          f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", *SMALL, *THREE,
-         "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}", "strategy=fedavg,fedprox,secagg"],
+         "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}", "strategy=fedavg,secagg"],
         capture_output=True, text=True, timeout=600, cwd=base)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return base, proc
@@ -189,9 +189,9 @@ def sweep_runs(base: Path) -> dict[str, Path]:
 @pytest.mark.e2e
 def test_simulation_multirun_sweeps_strategies_with_a_declining_hospital_and_expert_reads(sweep):
     base, proc = sweep
-    assert proc.stdout.count("round 2/2") == 3 and proc.stdout.count("hospitals 2/3") == 6
+    assert proc.stdout.count("round 2/2") == 2 and proc.stdout.count("hospitals 2/3") == 4
     runs = sweep_runs(base)
-    assert set(runs) == {"fedavg", "fedprox", "secagg"}
+    assert set(runs) == {"fedavg", "secagg"}
     states = {}
     for name, run_dir in runs.items():
         results = check_results(run_dir, {"hospital_1", "hospital_2", "hospital_3"}, [1, 2])
@@ -208,8 +208,6 @@ def test_simulation_multirun_sweeps_strategies_with_a_declining_hospital_and_exp
         report = (run_dir / "report.md").read_text()
         assert "## Expert reads" in report and "privacy budget spent" in report
         states[name] = torch.load(run_dir / "model.pt", weights_only=False)["state_dict"]
-    # FedProx's pull towards the global model gives a different model
-    assert any(not torch.equal(states["fedavg"][k], states["fedprox"][k]) for k in states["fedavg"])
     # secure aggregation gives FedAvg's model up to quantisation: each round's average is within
     # clip_range / (2^quant_bits - 1) = 3e-8 per weight, and training carries that difference on
     secure = json.loads((runs["secagg"] / "results.json").read_text())

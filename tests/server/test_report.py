@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from omegaconf import OmegaConf
 from PIL import Image
 
+from src.config import compose_config
 from src.metrics import classification_metrics
 from src.server.report import write_report
 from src.server.results import RunRecord, unflatten
@@ -16,15 +16,15 @@ CLASSES = ["normal", "bacterial", "viral"]
 
 
 def test_record_and_report(tmp_path):
-    cfg = OmegaConf.create({"model": {"name": "small_cnn"}, "data": {"image_size": 32, "layout": "synthetic"},
-                            "strategy": {"name": "fedavg"}, "seed": 1,
-                            "federation": {"mode": "simulation", "rounds": 2}})
+    cfg = compose_config(["data.image_size=32", "seed=1", "federation.mode=simulation", "federation.rounds=2"])
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 60)
     probs = rng.dirichlet(np.ones(3), 60)
     metrics = classification_metrics(labels, probs, CLASSES)
     hospital = {"num_examples": 40, "train_loss": 1.0, "auc": 0.7, "auc_per_class.normal": float("nan"),
-                "confusion_matrix": list(range(9)), "num_test_examples": 10}
+                "confusion_matrix": list(range(9)), "num_test_examples": 10,
+                "privacy": {"epsilon": 4.321, "delta": 1e-5, "noise_multiplier": 1.1, "sample_rate": 0.08,
+                            "steps": 65, "accountant": "rdp"}}
     record = RunRecord(tmp_path, cfg, CLASSES)
     for r in (1, 2):
         record.add_round(r, metrics, {"hospitals": {"h1": hospital}, "time": {"train": 1.0, "total": 2.0}})
@@ -40,6 +40,7 @@ def test_record_and_report(tmp_path):
         assert Image.open(tmp_path / png).size[0] > 100
     report = (tmp_path / "report.md").read_text()
     assert f"{metrics['auc']:.3f}" in report and "| h1 |" in report
+    assert "## Privacy" in report and "| h1 | 4.321 | 1e-05 | 1.100 | 0.0800 | 65 | rdp |" in report
 
 
 def test_unflatten_restores_nested_metrics():

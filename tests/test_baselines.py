@@ -76,16 +76,12 @@ def test_baselines_json_has_every_model_evaluated_on_the_right_test_sets(prepare
     assert len(lines) == 1 + len(federation.hospitals) + 1  # one per model, then where the file is
 
 
-def test_same_seed_same_baselines_other_seed_others(prepared, baselines):
+def test_same_seed_same_baselines(prepared, baselines):
     cfg, run_dir, tmp = prepared
     again = tmp / "again"
     again.mkdir(exist_ok=True)
     shutil.copy(run_dir / "split.json", again / "split.json")
     assert run_baselines(cfg, again) == baselines[0]
-    other = tmp / "other_seed"
-    other.mkdir(exist_ok=True)
-    shutil.copy(run_dir / "split.json", other / "split.json")
-    assert run_baselines(make_cfg(tmp, "seed=7"), other) != baselines[0]
 
 
 def test_markdown_puts_federated_centralized_and_local_models_side_by_side(baselines):

@@ -139,20 +139,6 @@ def test_deployment_completes_refuses_unregistered_and_reports_killed(tmp_path: 
 
 
 @pytest.mark.e2e
-def test_simulation_completes(tmp_path: Path) -> None:
-    lines = Lines()
-    out = run_federation(TOY_APP, tmp_path, [Hospital("hospital_1"), Hospital("hospital_2")],
-                         {"num-server-rounds": 2, "min-nodes": 2,
-                          "hospitals": "hospital_1,hospital_2"},  # i-th = partition-id i
-                         mode="simulation", on_log_line=lines, timeout_s=300)
-    assert out.status == "finished:completed", (out, out.log_path.read_text())
-    rounds = [line for _, line in lines.matching("TOY round")]
-    assert len(rounds) == 2
-    assert all("from hospital_1,hospital_2," in line for line in rounds)
-    assert_all_gone(tmp_path)
-
-
-@pytest.mark.e2e
 def test_keyboard_interrupt_mid_run_tears_simulation_down(tmp_path: Path) -> None:
     """KeyboardInterrupt raised from on_log_line while Ray and the simulation run."""
     def interrupt(line: str) -> None:

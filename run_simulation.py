@@ -21,7 +21,6 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from src.baselines import baselines_markdown, run_baselines
 from src.client.privacy import plan
 from src.config import to_run_config, validate
 from src.strategies.secure import check_secagg
@@ -95,6 +94,8 @@ def prepare_run(cfg: DictConfig, run_dir: Path, console: Console) -> tuple[DictC
 
 def add_baselines(cfg: DictConfig, run_dir: Path, results: dict, console: Console) -> None:
     """Centralized and local-only models with the federation's budget, beside it in report.md."""
+    from src.baselines import baselines_markdown, run_baselines  # torch and MONAI: only when asked for
+
     console.print("baselines: training a centralized and a local-only model per hospital")
     section = baselines_markdown(results, run_baselines(cfg, run_dir, progress=console.print))
     with open(run_dir / "report.md", "a") as report_md:

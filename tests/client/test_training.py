@@ -16,7 +16,7 @@ from src.models.registry import build_model
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    generate(root / "img", hospitals=1, images_per_hospital=24, seed=0)
+    generate(root / "img", hospitals=1, images_per_hospital=12, seed=0)
     classes = ["normal", "bacterial", "viral"]
     return root, [Sample(str(f), classes.index(f.parent.name)) for f in sorted((root / "img").rglob("*.dcm"))]
 

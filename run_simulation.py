@@ -9,7 +9,6 @@ SuperNode processes (`federation.mode=deployment`) or Flower's simulation engine
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from src.server.readers import load_reads
 from src.server.results import ANNOUNCE
 
 PROJECT_DIR = Path(__file__).resolve().parent
-log = logging.getLogger("fedcxr")
 
 
 RESUMABLE = ("federation.rounds", "federation.mode", "federation.round_timeout", "federation.min_hospitals",

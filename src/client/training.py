@@ -7,8 +7,8 @@ import torch
 from monai.data import DataLoader
 from opacus import PrivacyEngine
 
-from src.data.dataset import make_dataset
 from src.client.privacy import Plan
+from src.data.dataset import make_dataset
 from src.data.layouts import Sample
 
 
@@ -68,7 +68,7 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
             n += len(labels)
         last = total / max(n, 1)
     if dp is not None:
-        net.remove_hooks() if hasattr(net, "remove_hooks") else None
+        net.remove_hooks()  # the caller gets its plain model back
     return last, steps
 
 

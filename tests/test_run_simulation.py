@@ -119,9 +119,9 @@ def spend_privacy_budget(run_dir: Path, hospital: str) -> None:
 @pytest.mark.e2e
 def test_deployment_secure_aggregation_recovers_a_hospital_killed_mid_protocol(tmp_path):
     """The default run's privacy=dp strategy=secagg on three real SuperNodes. hospital_3's SuperNode
-    is killed (SIGKILL) once it has shared its keys and is asked for its masked update: the
-    round completes with the other two, its masks recovered from their shares, and the run
-    names the dead hospital."""
+    is killed (SIGKILL) once it has shared its keys and is asked to train and send its masked
+    update: the round completes with the other two, its masks recovered from their shares, and
+    the run names the dead hospital."""
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={run_dir}",
@@ -135,7 +135,7 @@ def test_deployment_secure_aggregation_recovers_a_hospital_killed_mid_protocol(t
     killed = False
     try:
         while proc.poll() is None and not killed:
-            if log.exists() and "Receiving: train.secagg_mask" in log.read_text(errors="replace"):
+            if log.exists() and "Receiving: train message" in log.read_text(errors="replace"):
                 os.kill(supernode_of("hospital_3"), signal.SIGKILL)
                 killed = True
             time.sleep(0.05)

@@ -25,7 +25,6 @@ from src.data.federation import Federation
 
 app = ClientApp()
 app.train("secagg_share")(secure_aggregation.share_keys)
-app.train("secagg_mask")(secure_aggregation.masked_input)
 app.train("secagg_unmask")(secure_aggregation.unmask)
 
 
@@ -40,6 +39,12 @@ def manifest(context: Context) -> Path:
 
 def hospital_data(context: Context) -> Federation:
     return Federation.load(manifest(context))
+
+
+@app.train("secagg_setup")
+def secagg_setup(msg: Message, context: Context) -> Message:
+    """Secure aggregation's first stage, when it runs on its own; the answer names the hospital."""
+    return secure_aggregation.setup(msg, context, hospital_data(context).hospitals[0])
 
 
 def _share_cpu(context: Context) -> None:
@@ -72,7 +77,7 @@ def _reply(msg: Message, hospital: str, metrics: dict, records: dict | None = No
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local epochs (DP-SGD under privacy=dp); the update goes back in the clear (FedAvg, FedProx)
-    or stays here, masked by secure aggregation (secagg)."""
+    or masked by secure aggregation (secagg)."""
     import torch
 
     from src.client import privacy
@@ -84,14 +89,19 @@ def train(msg: Message, context: Context) -> Message:
     data = hospital_data(context)
     hospital, samples = data.hospitals[0], data.select(split="train")
     server_round = int(msg.content["config"]["server-round"])
+    secure = "secagg" in msg.content
+    if cfg.strategy.name == "secagg" and not secure:
+        raise RuntimeError(f"{hospital}: the run uses secure aggregation, refusing to send its update in the clear")
     dp, ledger = None, None
     if cfg.privacy.name == "dp":
         dp = privacy.plan(cfg.privacy, cfg.federation, len(samples))
         ledger = privacy.Ledger.open(manifest(context).with_name(f"{hospital}.privacy.json"))
         refusal = ledger.refusal(dp, server_round)
         if refusal:
-            return _reply(msg, hospital, {"num-examples": len(samples)},
-                          {"privacy": ConfigRecord(ledger.report(dp))}, declined=refusal)
+            records = {"privacy": ConfigRecord(ledger.report(dp))}
+            if secure:
+                records |= secure_aggregation.decline(msg, context)
+            return _reply(msg, hospital, {"num-examples": len(samples)}, records, declined=refusal)
         dp = replace(dp, noise_multiplier=ledger.sigma(dp))
     torch.manual_seed(int(cfg.seed) + server_round)
     model = _model(cfg, data.classes, msg)
@@ -108,9 +118,9 @@ def train(msg: Message, context: Context) -> Message:
         ledger.spend(dp, server_round, steps)
         records["privacy"] = ConfigRecord(ledger.report(dp))
     trained = ArrayRecord(model.cpu().state_dict())
-    if "secagg" in msg.content:
+    if secure:
         update = flatten(trained) - flatten(msg.content["arrays"])
-        records["secagg-keys"] = secure_aggregation.advertise(msg, context, update, len(samples))
+        records |= secure_aggregation.contribute(msg, context, update, len(samples))
     else:
         records["arrays"] = trained
     return _reply(msg, hospital, metrics, records)

@@ -1,10 +1,11 @@
-"""The hospital's side of `strategy=secagg`: one handler per protocol stage (`src/strategies/secagg/`).
+"""The hospital's side of `strategy=secagg` (`src/strategies/secagg/`, schedule in `src/strategies/secure.py`).
 
-After training, the hospital keeps its update Δ = trained − global in its Flower
-Context.state (on its own SuperNode) and answers with public keys only; the stage
-handlers then share keys, send the masked update, and reveal the shares needed to
-unmask the sum. These handlers import neither torch nor MONAI: Flower starts a fresh
-process for every message, and the stages need only numpy and `cryptography`.
+The train handler masks the update right after training (`contribute`) and answers
+with the masked vector and fresh public keys for the next round; the plain update
+never leaves the handler. Between messages each round's session (private keys, the
+shares it holds) waits in the Flower Context.state on the hospital's own SuperNode.
+The stage handlers import neither torch nor MONAI: Flower starts a fresh process
+for every message, and the stages need only numpy and `cryptography`.
 """
 
 from __future__ import annotations
@@ -14,52 +15,77 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from src.strategies.secagg import ClientSession
 
-SESSION, UPDATE = "secagg-session", "secagg-update"
+PREFIX = "secagg-session."
 
 
-def advertise(msg: Message, context: Context, update: np.ndarray, num_examples: int) -> ConfigRecord:
-    """Stage 1, at the end of training: keep the update and the session, answer with public keys."""
-    config = {k.removeprefix("secagg."): v for k, v in msg.content["secagg"].items()}
-    session = ClientSession(msg.metadata.dst_node_id, **config)
-    c_pk, s_pk = session.advertise_keys()
-    context.state[UPDATE] = ArrayRecord([update.astype(np.float64)])
-    _keep(context, session, num_examples)
-    return ConfigRecord({"c_pk": c_pk, "s_pk": s_pk})
+def setup(msg: Message, context: Context, hospital: str) -> Message:
+    """`train.secagg_setup`: stage 1 of a round whose keys were not shared during the previous one."""
+    return Message(RecordDict({"keys": _advertise(msg, context, msg.content["secagg"]),
+                               "hospital": ConfigRecord({"name": hospital})}), reply_to=msg)
 
 
 def share_keys(msg: Message, context: Context) -> Message:
-    session, n = _session(context)
-    peers = msg.content["peers"]
-    ciphertexts = session.share_keys({node: (c, s) for node, c, s in zip(peers["nodes"], peers["c_pk"], peers["s_pk"])})
-    _keep(context, session, n)
-    return Message(RecordDict({"shares": ConfigRecord({"to": list(ciphertexts), "ciphertexts": list(ciphertexts.values())})}),
-                   reply_to=msg)
+    """`train.secagg_share`: stage 2 — encrypted shares of this hospital's secrets for its neighbours."""
+    return Message(RecordDict({"shares": _share(context, msg.content["peers"])}), reply_to=msg)
 
 
-def masked_input(msg: Message, context: Context) -> Message:
-    session, n = _session(context)
-    shares = msg.content["shares"]
-    update = next(iter(context.state[UPDATE].values())).numpy()
-    masked = session.masked_input(dict(zip(shares["from"], shares["ciphertexts"])), update, n)
-    del context.state[UPDATE]  # masked and sent: the plain update is no longer needed
-    _keep(context, session, n)
-    return Message(RecordDict({"masked": ArrayRecord([masked])}), reply_to=msg)
+def contribute(msg: Message, context: Context, update: np.ndarray, num_examples: int) -> dict:
+    """In the train reply: the masked update (stage 3) and public keys for the next round (its stage 1)."""
+    session = _load(context, int(msg.content["secagg"]["server_round"]))
+    shares = msg.content["secagg-shares"]
+    masked = session.masked_input(dict(zip(shares["from"], shares["ciphertexts"])), update, num_examples)
+    _store(context, session)
+    return {"secagg-masked": ArrayRecord([masked])} | next_keys(msg, context)
+
+
+def decline(msg: Message, context: Context) -> dict:
+    """In a declined train reply: no masked update (this round's secrets are forgotten), the next round's keys."""
+    context.state.pop(PREFIX + str(int(msg.content["secagg"]["server_round"])), None)
+    return next_keys(msg, context)
+
+
+def next_keys(msg: Message, context: Context) -> dict:
+    if "secagg-next" not in msg.content:
+        return {}
+    return {"secagg-next": _advertise(msg, context, msg.content["secagg-next"])}
 
 
 def unmask(msg: Message, context: Context) -> Message:
-    session, n = _session(context)
-    ask = msg.content["unmask"]
-    b, sk = session.unmask(list(ask["survivors"]), list(ask["dropped"]))
-    del context.state[SESSION]  # the round is over for this hospital
-    return Message(RecordDict({"b": ConfigRecord({"nodes": list(b), "shares": list(b.values())}),
-                               "sk": ConfigRecord({"nodes": list(sk), "shares": list(sk.values())})}),
-                   reply_to=msg)
+    """`train.secagg_unmask`: stage 4 of this round (the shares that unmask the sum), stage 2 of the next."""
+    reply = RecordDict()
+    if "unmask" in msg.content:
+        ask = msg.content["unmask"]
+        key = PREFIX + str(int(ask["round"]))
+        b, sk = ClientSession.from_bytes(context.state[key]["state"]).unmask(list(ask["survivors"]),
+                                                                           list(ask["dropped"]))
+        del context.state[key]  # the round is over for this hospital
+        reply["b"] = ConfigRecord({"nodes": list(b), "shares": list(b.values())})
+        reply["sk"] = ConfigRecord({"nodes": list(sk), "shares": list(sk.values())})
+    if "peers" in msg.content:
+        reply["shares"] = _share(context, msg.content["peers"])
+    return Message(reply, reply_to=msg)
 
 
-def _keep(context: Context, session: ClientSession, num_examples: int) -> None:
-    context.state[SESSION] = ConfigRecord({"state": session.to_bytes(), "num-examples": num_examples})
+def _advertise(msg: Message, context: Context, settings: ConfigRecord) -> ConfigRecord:
+    """A fresh session for the round in `settings`; sessions of rounds before the previous one are dropped."""
+    session = ClientSession(msg.metadata.dst_node_id, **dict(settings))
+    c_pk, s_pk = session.advertise_keys()
+    for key in [k for k in context.state if k.startswith(PREFIX) and int(k[len(PREFIX):]) < session.state.round - 1]:
+        del context.state[key]
+    _store(context, session)
+    return ConfigRecord({"c_pk": c_pk, "s_pk": s_pk})
 
 
-def _session(context: Context) -> tuple[ClientSession, int]:
-    kept = context.state[SESSION]
-    return ClientSession.from_bytes(kept["state"]), int(kept["num-examples"])
+def _share(context: Context, peers: ConfigRecord) -> ConfigRecord:
+    session = _load(context, int(peers["round"]))
+    ciphertexts = session.share_keys({node: (c, s) for node, c, s in zip(peers["nodes"], peers["c_pk"], peers["s_pk"])})
+    _store(context, session)
+    return ConfigRecord({"to": list(ciphertexts), "ciphertexts": list(ciphertexts.values())})
+
+
+def _store(context: Context, session: ClientSession) -> None:
+    context.state[PREFIX + str(session.state.round)] = ConfigRecord({"state": session.to_bytes()})
+
+
+def _load(context: Context, server_round: int) -> ClientSession:
+    return ClientSession.from_bytes(context.state[PREFIX + str(server_round)]["state"])

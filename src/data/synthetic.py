@@ -18,9 +18,13 @@ import argparse
 import json
 import logging
 import math
+import multiprocessing
+import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -368,8 +372,12 @@ def generate(out: Path, hospitals: int, images_per_hospital: int, seed: int) -> 
     record.write_text(json.dumps(params | {"complete": False}) + "\n")  # ours, even if interrupted
     for old in out.glob("hospital_*"):
         shutil.rmtree(old)
-    for hospital in range(1, hospitals + 1):
-        _write_hospital(out, hospital, images_per_hospital, seed)
+    # one process per hospital, up to the cores: each image depends only on (seed, hospital, index)
+    # (spawned, not forked: the caller may hold threads, e.g. torch's)
+    with ProcessPoolExecutor(max_workers=max(1, min(hospitals, os.cpu_count() or 1)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_write_hospital, repeat(out), range(1, hospitals + 1), repeat(images_per_hospital),
+                      repeat(seed)))
     sites = {f"hospital_{h}": hospital_site(h, seed).describe() for h in range(1, hospitals + 1)}
     params |= {"classes": list(CLASSES), "sites": sites, "complete": True}
     record.write_text(json.dumps(params, indent=2) + "\n")

@@ -35,9 +35,9 @@ def run_rounds(
 ) -> ArrayRecord:
     """Train, aggregate and evaluate each round of `rounds`; `on_round` checkpoints and reports it."""
     for server_round in rounds:
-        replies = list(grid.send_and_receive(
-            strategy.configure_train(server_round, arrays, train_config, grid), timeout=timeout))
         try:
+            replies = list(grid.send_and_receive(
+                strategy.configure_train(server_round, arrays, train_config, grid), timeout=timeout))
             aggregated, _ = strategy.aggregate_train(server_round, replies)  # records every answer
         except BelowThresholdError as e:
             raise RoundFailed(f"round {server_round}: {e}; the global model stays at round {server_round - 1}") from e

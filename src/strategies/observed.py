@@ -54,9 +54,13 @@ class Observed:
                 if "declined" in msg.content["hospital"]:
                     hospital["declined"] = str(msg.content["hospital"]["declined"])
         start = time.perf_counter()
-        result = super().aggregate_train(server_round, [m for m in replies if trained(m)])
+        result = self.aggregate_trained(server_round, [m for m in replies if not m.has_error()])
         record["time"]["aggregate"] = time.perf_counter() - start
         return result
+
+    def aggregate_trained(self, server_round, answers):
+        """The strategy's own aggregation over the hospitals that trained (a declined answer has no update)."""
+        return super().aggregate_train(server_round, [m for m in answers if trained(m)])
 
     def aggregate_evaluate(self, server_round, replies):
         replies = list(replies)
@@ -91,7 +95,8 @@ def make_strategy(cfg):
 
         s = cfg.strategy
         secure = dict(clip_range=float(s.clip_range), quant_bits=int(s.quant_bits), num_shares=s.num_shares,
-                      threshold=s.threshold, stage_timeout=float(cfg.federation.round_timeout), **common)
+                      threshold=s.threshold, stage_timeout=float(cfg.federation.round_timeout),
+                      num_rounds=int(cfg.federation.rounds), **common)
         if float(s.proximal_mu) > 0:
             return SecureFedProx(proximal_mu=float(s.proximal_mu), **secure)
         return SecureFedAvg(**secure)

@@ -88,7 +88,7 @@ class ServerSession:
                 "quant_bits": self.quant_bits, "vector_length": self.vector_length}
 
     # -- bookkeeping ------------------------------------------------------------------
-    def _reject(self, stage: str, node, reason: str) -> bool:
+    def reject(self, stage: str, node, reason: str) -> bool:
         self.rejections.append(Rejection(stage, node, reason))
         log.warning("secagg round %d, %s: ignored the answer of %s: %s", self.round, stage, node, reason)
         return False
@@ -96,13 +96,13 @@ class ServerSession:
     def _admit(self, stage: str, node, answered, eligible) -> bool:
         """The checks every answer goes through: participant, current stage, eligible, first answer."""
         if node not in self.neighbours:
-            return self._reject(stage, node, "not a participant of this round")
+            return self.reject(stage, node, "not a participant of this round")
         if self.stage != stage:
-            return self._reject(stage, node, f"out of order: the round is at {self.stage}")
+            return self.reject(stage, node, f"out of order: the round is at {self.stage}")
         if node not in eligible:
-            return self._reject(stage, node, "out of order: did not complete the previous stage")
+            return self.reject(stage, node, "out of order: did not complete the previous stage")
         if node in answered:
-            return self._reject(stage, node, "answered this stage twice (first answer kept)")
+            return self.reject(stage, node, "answered this stage twice (first answer kept)")
         return True
 
     def _close(self, stage: str, answered) -> list[int]:
@@ -121,10 +121,10 @@ class ServerSession:
         if not self._admit("advertise_keys", node, self.public_keys, self.neighbours):
             return False
         if not all(isinstance(k, bytes) and len(k) == KEY_BYTES for k in (c_pk, s_pk)):
-            return self._reject("advertise_keys", node, f"expected two {KEY_BYTES}-byte public keys")
+            return self.reject("advertise_keys", node, f"expected two {KEY_BYTES}-byte public keys")
         seen = {k for pair in self.public_keys.values() for k in pair}
         if c_pk == s_pk or c_pk in seen or s_pk in seen:
-            return self._reject("advertise_keys", node, "public key reused")
+            return self.reject("advertise_keys", node, "public key reused")
         self.public_keys[node] = (c_pk, s_pk)
         return True
 
@@ -152,9 +152,9 @@ class ServerSession:
         expected = self._sent[node] - {node}
         if not isinstance(ciphertexts, dict) or set(ciphertexts) != expected:
             got = sorted(ciphertexts) if isinstance(ciphertexts, dict) else type(ciphertexts).__name__
-            return self._reject("share_keys", node, f"expected ciphertexts for {sorted(expected)}, got {got}")
+            return self.reject("share_keys", node, f"expected ciphertexts for {sorted(expected)}, got {got}")
         if not all(isinstance(ct, bytes) for ct in ciphertexts.values()):
-            return self._reject("share_keys", node, "expected bytes ciphertexts")
+            return self.reject("share_keys", node, "expected bytes ciphertexts")
         self.ciphertexts[node] = dict(ciphertexts)
         return True
 
@@ -170,10 +170,10 @@ class ServerSession:
         if not self._admit("masked_input", node, self.masked, self.ciphertexts):
             return False
         if not isinstance(vector, np.ndarray) or vector.dtype != np.uint64:
-            return self._reject("masked_input", node, f"expected a uint64 numpy array, got "
+            return self.reject("masked_input", node, f"expected a uint64 numpy array, got "
                                 f"{getattr(vector, 'dtype', type(vector).__name__)}")
         if vector.shape != self._sum.shape:
-            return self._reject("masked_input", node, f"expected shape {self._sum.shape}, got {vector.shape}")
+            return self.reject("masked_input", node, f"expected shape {self._sum.shape}, got {vector.shape}")
         self._sum += vector
         self.masked.add(node)
         return True
@@ -195,12 +195,12 @@ class ServerSession:
             return False
         near = set(self.neighbours[node])
         if not (isinstance(b_shares, dict) and isinstance(sk_shares, dict)):
-            return self._reject("unmask", node, "expected two dicts of shares")
+            return self.reject("unmask", node, "expected two dicts of shares")
         if not set(b_shares) <= near.intersection(self.survivors) or not set(sk_shares) <= near.intersection(
                 self.dropped):
-            return self._reject("unmask", node, "shares for hospitals that are not its surviving/dropped neighbours")
+            return self.reject("unmask", node, "shares for hospitals that are not its surviving/dropped neighbours")
         if not all(isinstance(s, bytes) for s in (*b_shares.values(), *sk_shares.values())):
-            return self._reject("unmask", node, "expected bytes shares")
+            return self.reject("unmask", node, "expected bytes shares")
         self.shares[node] = (dict(b_shares), dict(sk_shares))
         return True
 

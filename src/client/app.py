@@ -1,5 +1,9 @@
 """The hospital's Flower ClientApp: train on its own images, evaluate on its own test split.
 
+A train message that asks for it (`evaluate-round`) first evaluates the global model it
+brings (the previous round's) on the test split; only the last round's model needs an
+evaluate message of its own.
+
 A hospital's images are named by its manifest (its part of the run's `split.json`),
 given by the SuperNode's node config (`hospital`, `manifest`) in deployment, or
 looked up by partition id in simulation. Decoded images come from the on-disk MONAI
@@ -92,13 +96,17 @@ def train(msg: Message, context: Context) -> Message:
     secure = "secagg" in msg.content
     if cfg.strategy.name == "secagg" and not secure:
         raise RuntimeError(f"{hospital}: the run uses secure aggregation, refusing to send its update in the clear")
+    records = {}
+    if "evaluate-round" in msg.content["config"]:  # the global model received, before training changes it
+        # a ConfigRecord: Flower's FedAvg wants exactly one MetricRecord (the training metrics) per answer
+        records["evaluation"] = ConfigRecord(_evaluate(cfg, data, msg))
     dp, ledger = None, None
     if cfg.privacy.name == "dp":
         dp = privacy.plan(cfg.privacy, cfg.federation, len(samples))
         ledger = privacy.Ledger.open(manifest(context).with_name(f"{hospital}.privacy.json"))
         refusal = ledger.refusal(dp, server_round)
         if refusal:
-            records = {"privacy": ConfigRecord(ledger.report(dp))}
+            records["privacy"] = ConfigRecord(ledger.report(dp))
             if secure:
                 records |= secure_aggregation.decline(msg, context)
             return _reply(msg, hospital, {"num-examples": len(samples)}, records, declined=refusal)
@@ -113,7 +121,6 @@ def train(msg: Message, context: Context) -> Message:
         dp=dp, grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "hooks")),
     )
     metrics = {"train_loss": loss, "num-examples": len(samples), "train_seconds": time.perf_counter() - start}
-    records = {}
     if ledger is not None:
         ledger.spend(dp, server_round, steps)
         records["privacy"] = ConfigRecord(ledger.report(dp))
@@ -141,16 +148,21 @@ def flatten(metrics: dict) -> dict:
     return flat
 
 
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
+def _evaluate(cfg, data: Federation, msg: Message) -> dict:
+    """The received model on this hospital's own test split."""
     from src.client.training import make_loader, predict, resolve_device
     from src.metrics import classification_metrics
 
-    _share_cpu(context)
-    cfg = from_run_config(context.run_config)
-    data = hospital_data(context)
     samples = data.select(split="test")
     model = _model(cfg, data.classes, msg)
     loader = make_loader(samples, cfg.data, False, int(cfg.federation.batch_size), int(cfg.seed))
     labels, probs = predict(model, loader, resolve_device(cfg.device))
-    return _reply(msg, data.hospitals[0], flatten(classification_metrics(labels, probs, data.classes)))
+    return flatten(classification_metrics(labels, probs, data.classes))
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """The last round's model (earlier ones are evaluated at the start of the next train message)."""
+    _share_cpu(context)
+    data = hospital_data(context)
+    return _reply(msg, data.hospitals[0], _evaluate(from_run_config(context.run_config), data, msg))

@@ -41,7 +41,8 @@ def main(grid: Grid, context: Context) -> None:
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
     first, rounds = (checkpoint["round"] if checkpoint else 0) + 1, int(cfg.federation.rounds)
-    if first > rounds:
+    unevaluated = checkpoint["round"] if checkpoint and not record.evaluated(checkpoint["round"]) else None
+    if first > rounds and unevaluated is None:
         announce(f"nothing to do: all {rounds} rounds of {run_dir} are done")
         return
     if checkpoint is not None:
@@ -54,8 +55,10 @@ def main(grid: Grid, context: Context) -> None:
     strategy = make_strategy(cfg)
     dashboard = Dashboard(cfg, run_dir, federation.classes)
 
+    latest: dict = {}  # the newest model's pooled predictions, for the report once hospitals have evaluated it
+
     def finish_round(server_round: int, arrays: ArrayRecord) -> None:
-        """Evaluate on the pooled test set, checkpoint, report."""
+        """Evaluate on the pooled test set, checkpoint."""
         state = arrays.to_torch_state_dict()
         model.load_state_dict(state)
         start = time.perf_counter()
@@ -67,14 +70,24 @@ def main(grid: Grid, context: Context) -> None:
         entry = record.add_round(server_round, metrics, observed)
         if reads is not None:
             entry["reader"] = score_reads(reads, labels, probs, federation.classes)
-        write_report(run_dir, record.save(state), labels, probs)
-        dashboard.log_round(entry, labels, probs, run_dir / "roc.png")
+        record.save(state)
+        latest.update(round=server_round, state=state, labels=labels, probs=probs)
         announce(progress_line(entry, rounds))
+
+    def finish_evaluation(server_round: int) -> None:
+        """The hospitals' evaluation joins the round's entry; report and dashboard."""
+        if latest.get("round") != server_round:  # a resumed run: the checkpoint's model is loaded
+            labels, probs = predict(model, pooled_test, device)
+            latest.update(round=server_round, state=model.state_dict(), labels=labels, probs=probs)
+        entry = record.add_evaluation(server_round, strategy.rounds[server_round])
+        write_report(run_dir, record.save(latest["state"]), latest["labels"], latest["probs"])
+        dashboard.log_round(entry, latest["labels"], latest["probs"], run_dir / "roc.png")
 
     try:
         run_rounds(strategy, grid, ArrayRecord(model.state_dict()), range(first, rounds + 1),
                    min_answers=int(cfg.federation.min_hospitals), timeout=float(cfg.federation.round_timeout),
-                   train_config=ConfigRecord({"lr": float(cfg.federation.lr)}), on_round=finish_round)
+                   train_config=ConfigRecord({"lr": float(cfg.federation.lr)}), on_round=finish_round,
+                   on_evaluated=finish_evaluation, unevaluated=unevaluated)
     except RoundFailed as e:
         announce(f"run stopped: {e}; resume with resume={run_dir}")
         raise

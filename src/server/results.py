@@ -62,6 +62,18 @@ class RunRecord:
         self.rounds.append(entry)
         return entry
 
+    def add_evaluation(self, server_round: int, observed: dict) -> dict:
+        """The hospitals' test metrics of round `server_round`'s model join its entry."""
+        entry = next(r for r in self.rounds if r["round"] == server_round)
+        for name, metrics in sorted(observed["hospitals"].items()):
+            entry["hospitals"].setdefault(name, {}).update(unflatten(metrics, self.classes))
+        return entry
+
+    def evaluated(self, server_round: int) -> bool:
+        """Whether the hospitals' evaluation of round `server_round`'s model is in the record."""
+        return any("num_test_examples" in h for r in self.rounds if r["round"] == server_round
+                   for h in r["hospitals"].values())
+
     def save(self, state_dict: dict) -> dict:
         """results.json, then the checkpoint `model.pt`, each replaced atomically."""
         final = {k: v for k, v in self.rounds[-1].items() if k in ("global", "hospitals", "reader")} if self.rounds else {}

@@ -64,13 +64,18 @@ class Observed:
 
     def aggregate_evaluate(self, server_round, replies):
         replies = list(replies)
+        self.record_evaluation(server_round, replies, "metrics")
+        return super().aggregate_evaluate(server_round, replies)
+
+    def record_evaluation(self, server_round, replies, record: str) -> None:
+        """Each hospital's test metrics of round `server_round`'s model, from `record` of its answer
+        (an evaluate answer's metrics, or the evaluation a train answer of the next round carries)."""
         for msg in replies:
-            if not msg.has_error():
+            if not msg.has_error() and record in msg.content:
                 evaluation = {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                              for k, v in msg.content["metrics"].items()}
+                              for k, v in msg.content[record].items()}
                 evaluation["num_test_examples"] = evaluation.pop("num-examples")
                 self.rounds[server_round]["hospitals"].setdefault(self._hospital(msg), {}).update(evaluation)
-        return super().aggregate_evaluate(server_round, replies)
 
 
 class ObservedFedAvg(Observed, FedAvg):

@@ -24,7 +24,11 @@ How each method runs (all hospitals and the server in one process, one after the
   of `src/strategies/secure.py` and `src/client/secure_aggregation.py`: the client state
   goes through to_bytes/from_bytes and Context.state between stages, the update is kept
   in Context.state as float64 from stage 1 to stage 3, the masked vector travels as an
-  ArrayRecord of L + 1 uint64 words. Settings: conf/strategy/secagg.yaml.
+  ArrayRecord of L + 1 uint64 words. Settings: conf/strategy/secagg.yaml. One exchange
+  per stage here; the strategy sends stages 1-2 on the previous round's train and
+  unmask messages, which changes when they travel, not what they compute or carry, and
+  masks right after training, so the update no longer waits in Context.state (this
+  bench slightly overstates (b)'s client time).
 - (c) flower: Flower 1.41's own code end to end: `secaggplus_mod` in a legacy
   `ClientApp` around a `NumPyClient` whose fit returns the update, and the four stage
   methods of `SecAggPlusWorkflow` (setup, share_keys, collect_masked_vectors, unmask,

@@ -17,7 +17,7 @@ from flwr.serverapp import Grid
 
 from src.client import secure_aggregation
 from src.strategies.secagg import BelowThresholdError, error_bound
-from src.strategies.secure import SecureFedAvg, flatten
+from src.strategies.secure import SecureFedAvg, SecureFedProx, flatten
 
 NODES = [11, 22, 33, 44, 55]
 EXAMPLES = {11: 100, 22: 150, 33: 200, 44: 120, 55: 90}
@@ -107,9 +107,9 @@ class Hospitals(Grid):
         return Message(content, reply_to=msg)
 
 
-def strategy(rounds: int) -> SecureFedAvg:
+def strategy(rounds: int, kind=SecureFedAvg, **extra) -> SecureFedAvg:
     n = 2  # as federation.min_hospitals: rounds go on with the hospitals that are left
-    return SecureFedAvg(clip_range=CLIP, quant_bits=BITS, num_shares=None, threshold=None, stage_timeout=10,
+    return kind(**extra, clip_range=CLIP, quant_bits=BITS, num_shares=None, threshold=None, stage_timeout=10,
                         num_rounds=rounds, fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=n,
                         min_evaluate_nodes=n, min_available_nodes=n)
 
@@ -211,3 +211,12 @@ def test_below_threshold_the_round_fails_and_no_model_comes_out():
         grid.behaviour[(1, node)] = "vanish at train"
     with pytest.raises(BelowThresholdError):
         run_round(s, grid, 1, arrays)
+
+
+def test_fedprox_local_training_under_secure_aggregation():
+    grid, s, arrays = Hospitals(), strategy(2, SecureFedProx, proximal_mu=0.1), start_model()
+    grid.round = 1
+    messages = s.configure_train(1, arrays, ConfigRecord(), grid)
+    assert [m.content["config"]["proximal-mu"] for m in messages] == [0.1] * len(NODES)
+    after, _ = s.aggregate_train(1, grid.send_and_receive(messages))
+    check(arrays, after, 1, NODES)

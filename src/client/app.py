@@ -96,6 +96,8 @@ def train(msg: Message, context: Context) -> Message:
     secure = "secagg" in msg.content
     if cfg.strategy.name == "secagg" and not secure:
         raise RuntimeError(f"{hospital}: the run uses secure aggregation, refusing to send its update in the clear")
+    if secure:
+        secure_aggregation.check_ready(msg, context)  # before any privacy budget is spent
     records = {}
     if "evaluate-round" in msg.content["config"]:  # the global model received, before training changes it
         # a ConfigRecord: Flower's FedAvg wants exactly one MetricRecord (the training metrics) per answer

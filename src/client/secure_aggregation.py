@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from src.strategies.secagg import ClientSession
+from src.strategies.secagg import ClientSession, SecAggError
 
 PREFIX = "secagg-session."
 
@@ -27,6 +27,14 @@ def setup(msg: Message, context: Context, hospital: str) -> Message:
 def share_keys(msg: Message, context: Context) -> Message:
     """`train.secagg_share`: stage 2 — encrypted shares of this hospital's secrets for its neighbours."""
     return Message(RecordDict({"shares": _share(context, msg.content["peers"])}), reply_to=msg)
+
+
+def check_ready(msg: Message, context: Context) -> None:
+    """Before training: this round's keys are shared and enough neighbours shared theirs."""
+    server_round = int(msg.content["secagg"]["server_round"])
+    if PREFIX + str(server_round) not in context.state:
+        raise SecAggError(f"no secure-aggregation keys for round {server_round} on this hospital")
+    _load(context, server_round).check_senders([int(n) for n in msg.content["secagg-shares"]["from"]])
 
 
 def contribute(msg: Message, context: Context, update: np.ndarray, num_examples: int) -> dict:

@@ -94,6 +94,8 @@ class SecureAggregationMixin:
         start = time.perf_counter()
         nodes = [m.metadata.dst_node_id for m in messages]
         session, incoming, how = self._ready(server_round, nodes)
+        # a hospital holding too few shares could not mask: it would train for nothing
+        incoming = {n: shares for n, shares in incoming.items() if len(shares) + 1 >= session.threshold}
         self.current, self.prepared = session, None
         extra = {"secagg": ConfigRecord(session.client_config())}
         if server_round < self.num_rounds:
@@ -101,7 +103,8 @@ class SecureAggregationMixin:
             extra["secagg-next"] = ConfigRecord(self.prepared.client_config())
         left_out = sorted(set(nodes) - set(incoming))
         for node in left_out:
-            log.warning("secagg round %d: %s left out: it did not complete key sharing",
+            log.warning("secagg round %d: %s left out: it, or too many of its neighbours, did not complete "
+                        "key sharing",
                         server_round, self._name(node))
         self.rounds[server_round]["secure_aggregation"] = {"keys": how, "left_out": self._names(left_out)}
         self.rounds[server_round]["time"]["secagg_setup"] = time.perf_counter() - start

@@ -12,11 +12,11 @@ import logging
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from src.client import secure_aggregation
-from src.strategies.secagg import BelowThresholdError, error_bound
+from src.strategies.secagg import BelowThresholdError, SecAggError, error_bound
 from src.strategies.secure import SecureFedAvg, SecureFedProx, flatten
 
 NODES = [11, 22, 33, 44, 55]
@@ -54,6 +54,7 @@ class Hospitals(Grid):
         self.behaviour: dict[tuple[int, int], str] = {}
         self.sent: list[tuple[int, str]] = []  # (round, message type), one per exchange
         self.round = 0
+        self.trained: set[tuple[int, int]] = set()  # (round, node) that got as far as training
 
     def set_run(self, run_id):
         pass
@@ -85,13 +86,19 @@ class Hospitals(Grid):
                 self.behaviour[(server_round, node)] = "vanished"
                 continue
             handler = HANDLERS.get(msg.metadata.message_type, self.train)
-            replies.append(handler(msg, self.contexts[node]))
+            try:
+                replies.append(handler(msg, self.contexts[node]))
+            except SecAggError as e:  # what Flower answers for a handler that raised
+                self.trained.discard((server_round, node))
+                replies.append(Message(error=Error(code=0, reason=str(e)), reply_to=msg))
         return replies
 
     def train(self, msg: Message, context: Context) -> Message:
         node, server_round = msg.metadata.dst_node_id, self.round
         content = RecordDict({"metrics": MetricRecord({"num-examples": EXAMPLES[node]}),
                               "hospital": ConfigRecord({"name": f"hospital_{node}"})})
+        secure_aggregation.check_ready(msg, context)  # as the ClientApp does, before training
+        self.trained.add((server_round, node))
         todo = self.behaviour.get((server_round, node))
         if todo == "decline":
             content["hospital"]["declined"] = "privacy budget spent"
@@ -220,3 +227,14 @@ def test_fedprox_local_training_under_secure_aggregation():
     assert [m.content["config"]["proximal-mu"] for m in messages] == [0.1] * len(NODES)
     after, _ = s.aggregate_train(1, grid.send_and_receive(messages))
     check(arrays, after, 1, NODES)
+
+
+def test_a_hospital_that_lost_its_keys_refuses_to_train_and_is_recovered():
+    """Its SuperNode restarted between rounds, say: it must not spend privacy budget on an
+    update it could not send; the round goes on without it, its masks removed."""
+    grid, s, arrays = Hospitals(), strategy(2), start_model()
+    arrays = run_round(s, grid, 1, arrays)
+    grid.contexts[44].state = RecordDict()
+    after = run_round(s, grid, 2, arrays)
+    check(arrays, after, 2, [n for n in NODES if n != 44])
+    assert (2, 44) not in grid.trained and s.rounds[2]["secure_aggregation"]["dropped"] == ["hospital_44"]

@@ -121,6 +121,18 @@ class ClientSession:
         return ciphertexts
 
     # -- stage 3 --------------------------------------------------------------------
+    def check_senders(self, senders) -> None:
+        """Whether masked_input can go ahead with shares from `senders`: callable before training,
+        so that no privacy budget is spent on an update that could not be sent."""
+        self._expect("shared")
+        st = self.state
+        for src in senders:
+            if src == self.node_id or src not in st.peers:
+                raise SecAggError(f"hospital {self.node_id}: ciphertext from {src}, who is not a neighbour")
+        if len(senders) + 1 < st.threshold:
+            raise BelowThresholdError(f"hospital {self.node_id}: {len(senders) + 1} neighbours (itself included) "
+                                      f"shared keys, threshold {st.threshold}")
+
     def masked_input(self, ciphertexts: Mapping[int, bytes], update: np.ndarray, num_examples: int) -> np.ndarray:
         """Store the shares addressed to it, then mask the encoded update (uint64, length L + 1).
 
@@ -129,18 +141,12 @@ class ClientSession:
         set, so the masks cancel or can be removed); a ciphertext that fails
         authentication is recorded in `rejected`, and that share is simply missing.
         """
-        self._expect("shared")
         st = self.state
         update = np.asarray(update)
         if st.vector_length is not None and update.size != st.vector_length:
             raise ValueError(f"update: expected {st.vector_length} values, got {update.size}")
         senders = sorted(int(src) for src in ciphertexts)
-        for src in senders:
-            if src == self.node_id or src not in st.peers:
-                raise SecAggError(f"hospital {self.node_id}: ciphertext from {src}, who is not a neighbour")
-        if len(senders) + 1 < st.threshold:
-            raise BelowThresholdError(f"hospital {self.node_id}: {len(senders) + 1} neighbours (itself included) "
-                                      f"shared keys, threshold {st.threshold}")
+        self.check_senders(senders)
         vector = encode(update, num_examples, st.clip_range, st.quant_bits)  # bad input fails before any change
         for src in senders:
             try:

@@ -20,13 +20,9 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from src.client.privacy import plan
 from src.config import to_run_config, validate
-from src.strategies.secure import check_secagg
 from src.launch.federation import Hospital, run_federation
-from src.launch.hospitals import hospital_nodes, prepare_federation
-from src.server.readers import load_reads
-from src.server.results import ANNOUNCE
+from src.server.announce import ANNOUNCE
 
 PROJECT_DIR = Path(__file__).resolve().parent
 
@@ -74,6 +70,12 @@ def prepare_run(cfg: DictConfig, run_dir: Path, console: Console) -> tuple[DictC
         cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task))
         run_dir = Path(cfg.resume)
     validate(cfg)
+    # torch, MONAI and Opacus (seconds to import) only for a config that passed: a bad key is refused at once
+    from src.client.privacy import plan
+    from src.launch.hospitals import hospital_nodes, prepare_federation
+    from src.server.readers import load_reads
+    from src.strategies.secure import check_secagg
+
     cfg.data.root = to_absolute_path(str(cfg.data.root))  # the apps run in other working directories
     if cfg.eval.reader_csv:
         cfg.eval.reader_csv = to_absolute_path(str(cfg.eval.reader_csv))

@@ -22,7 +22,8 @@ from src.models.registry import build_model
 from src.server.dashboard import Dashboard
 from src.server.readers import load_reads, score_reads
 from src.server.report import write_report
-from src.server.results import RunRecord, announce, progress_line
+from src.server.announce import announce
+from src.server.results import RunRecord, progress_line
 from src.server.rounds import RoundFailed, run_rounds
 from src.strategies.observed import make_strategy
 

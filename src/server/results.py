@@ -94,15 +94,6 @@ def _replace(path: Path, write) -> None:
     tmp.replace(path)
 
 
-ANNOUNCE = "[fedcxr] "
-
-
-def announce(text: str) -> None:
-    """A line for the person running the federation: `run_simulation.py` shows the ServerApp's
-    log lines that start with ANNOUNCE and keeps the rest in the federation's log file."""
-    print(ANNOUNCE + text, flush=True)
-
-
 def progress_line(entry: dict, rounds: int) -> str:
     g = entry["global"]
     shown = "  ".join(f"{k} {g[k]:.3f}" for k in HEADLINE if g.get(k) is not None)

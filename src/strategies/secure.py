@@ -104,8 +104,7 @@ class SecureAggregationMixin:
         left_out = sorted(set(nodes) - set(incoming))
         for node in left_out:
             log.warning("secagg round %d: %s left out: it, or too many of its neighbours, did not complete "
-                        "key sharing",
-                        server_round, self._name(node))
+                        "key sharing", server_round, self._name(node))
         self.rounds[server_round]["secure_aggregation"] = {"keys": how, "left_out": self._names(left_out)}
         self.rounds[server_round]["time"]["secagg_setup"] = time.perf_counter() - start
         kept = []  # Flower's messages share one content: each hospital gets its own, with its shares

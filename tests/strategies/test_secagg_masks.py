@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from src.strategies.secagg.keys import generate_keypair
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from src.strategies.secagg.keys import generate_keypair, hkdf
 from src.strategies.secagg.masks import (
     _CHUNK_WORDS,
     add_pairwise,
     add_prg,
     pairwise_seed,
-    prg,
 )
 from tests.strategies.secagg_round import Federation, reference_quantize
 
@@ -20,14 +21,25 @@ IDS = [2, 3, 5, 7, 11]
 L = 20_000
 
 
+def prg(seed: bytes, num_words: int, label: bytes) -> np.ndarray:
+    """Reference: the whole AES-256-CTR keystream under HKDF(seed, label) in one call, as uint64 words."""
+    encryptor = Cipher(algorithms.AES(hkdf(seed, label)), modes.CTR(bytes(16))).encryptor()
+    return np.frombuffer(encryptor.update(bytes(8 * num_words)), dtype="<u8").astype(np.uint64)
+
+
 def test_prg_is_deterministic_keyed_and_chunked_consistently():
     seed = os.urandom(32)
-    a = prg(seed, 10)
-    assert a.dtype == np.uint64 and np.array_equal(a, prg(seed, 10))
-    assert not np.array_equal(a, prg(os.urandom(32), 10))
-    assert not np.array_equal(a, prg(seed, 10, b"another label"))
-    v = np.zeros(_CHUNK_WORDS + 3, dtype=np.uint64)
-    add_prg(v, seed, b"x")
+
+    def mask(seed, label, n=10):
+        v = np.zeros(n, dtype=np.uint64)
+        add_prg(v, seed, label)
+        return v
+
+    a = mask(seed, b"x")
+    assert np.array_equal(a, mask(seed, b"x"))
+    assert not np.array_equal(a, mask(os.urandom(32), b"x"))
+    assert not np.array_equal(a, mask(seed, b"another label"))
+    v = mask(seed, b"x", _CHUNK_WORDS + 3)
     np.testing.assert_array_equal(v, prg(seed, v.size, b"x"))
     add_prg(v, seed, b"x", sign=-1)
     assert not v.any()

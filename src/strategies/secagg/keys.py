@@ -59,12 +59,14 @@ def exchange(sk: bytes, peer_pk: bytes) -> bytes:
         raise SecAggError(f"key agreement failed: {err}") from None
 
 
+def hkdf(material: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256 without salt: turns a seed or a Diffie-Hellman secret into a uniform 32-byte key."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(material)
+
+
 def _share_key(c_sk: bytes, peer_c_pk: bytes, server_round: int, src: int, dst: int) -> tuple[bytes, bytes]:
     aad = u64(server_round) + u64(src) + u64(dst)
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fedcxr/secagg/share" + aad).derive(
-        exchange(c_sk, peer_c_pk)
-    )
-    return key, aad
+    return hkdf(exchange(c_sk, peer_c_pk), b"fedcxr/secagg/share" + aad), aad
 
 
 def encrypt_shares(

@@ -15,43 +15,25 @@ one call into OpenSSL and one `np.frombuffer`: no Python loop over coordinates.
 from __future__ import annotations
 
 import numpy as np
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .keys import exchange, u64
+from .keys import exchange, hkdf, u64
 
 _COUNTER = bytes(16)  # every PRG key is used once, so the counter may start at zero
 _WORD = np.dtype("<u8")
 _CHUNK_WORDS = 1 << 20
 
 
-def hkdf(material: bytes, info: bytes, length: int = 32) -> bytes:
-    """HKDF-SHA256 without salt: turns a seed or a Diffie-Hellman secret into a uniform key."""
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(material)
-
-
-def _keystream(seed: bytes, label: bytes):
-    return Cipher(algorithms.AES(hkdf(seed, label)), modes.CTR(_COUNTER)).encryptor()
-
-
-def prg(seed: bytes, num_words: int, label: bytes = b"fedcxr/secagg/prg") -> np.ndarray:
-    """`num_words` pseudo-random uint64 words from a secret seed: AES-256-CTR keystream under HKDF(seed, label)."""
-    if num_words < 0:
-        raise ValueError(f"num_words: expected >= 0, got {num_words}")
-    stream = _keystream(seed, label).update(bytes(8 * num_words))  # keystream XOR zeros = keystream
-    return np.frombuffer(stream, dtype=_WORD).astype(np.uint64, copy=False)
-
-
 def add_prg(vector: np.ndarray, seed: bytes, label: bytes, sign: int = 1) -> None:
-    """In place, mod 2^64: vector += prg(seed, vector.size, label) (or -= for sign < 0).
+    """In place, mod 2^64: vector += (or -= for sign < 0) the AES-256-CTR keystream under
+    HKDF(seed, label), read as uint64 words.
 
-    Same words as `prg`, expanded in 8 MB chunks into one reused buffer: a mask of
-    11M words then costs no 88 MB allocation (whose page faults cost as much as AES).
+    The keystream is expanded in 8 MB chunks into one reused buffer: a mask of 11M
+    words then costs no 88 MB allocation (whose page faults cost as much as AES).
     """
     if vector.dtype != np.uint64 or vector.ndim != 1 or not vector.flags.c_contiguous:
         raise ValueError("vector: expected a contiguous 1-d uint64 array")
-    encryptor = _keystream(seed, label)
+    encryptor = Cipher(algorithms.AES(hkdf(seed, label)), modes.CTR(_COUNTER)).encryptor()
     words = min(vector.size, _CHUNK_WORDS)
     zeros = bytes(8 * words)
     buf = bytearray(8 * words + 16)  # update_into wants room for one block more

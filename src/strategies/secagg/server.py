@@ -213,10 +213,6 @@ class ServerSession:
         return [(u, 0) for u in self.survivors] + [
             (d, 1) for d in self.dropped if survivors.intersection(self.neighbours[d])]
 
-    def ready(self) -> bool:
-        """Stage 4: whether every needed secret has at least `threshold` shares (no need to wait longer)."""
-        return self.stage == "unmask" and all(len(self._held(o, k)) >= self.threshold for o, k in self._needed())
-
     def _secret(self, owner: int, kind: int) -> bytes:
         held = self._held(owner, kind)
         if len(held) < self.threshold:

@@ -28,7 +28,7 @@ PROJECT_DIR = Path(__file__).resolve().parent
 
 
 RESUMABLE = ("federation.rounds", "federation.mode", "federation.round_timeout", "federation.min_hospitals",
-             "logger", "device", "resume", "hydra")
+             "logger", "device", "hospital", "resume", "hydra")
 
 
 def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -89,7 +89,7 @@ def prepare_run(cfg: DictConfig, run_dir: Path, console: Console) -> tuple[DictC
             plan(cfg.privacy, cfg.federation, n)
     if cfg.strategy.name == "secagg":  # the sum over all hospitals must not wrap around the modulus
         check_secagg(cfg.strategy, max(train_sizes), len(train_sizes))
-    return cfg, run_dir, hospital_nodes(federation, run_dir)
+    return cfg, run_dir, hospital_nodes(cfg, federation, run_dir)
 
 
 def add_baselines(cfg: DictConfig, run_dir: Path, results: dict, console: Console) -> None:

@@ -42,7 +42,7 @@ def main(overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="round_overhead_") as tmp:
         run_dir = Path(tmp)
         start = time.perf_counter()
-        hospitals = hospital_nodes(prepare_federation(cfg, run_dir, console), run_dir)
+        hospitals = hospital_nodes(cfg, prepare_federation(cfg, run_dir, console), run_dir)
         data_s = time.perf_counter() - start
         start = time.perf_counter()
         outcome = run_federation(PROJECT_DIR, run_dir, hospitals, to_run_config(cfg, run_dir),
@@ -51,10 +51,17 @@ def main(overrides: list[str]) -> dict:
         if not outcome.ok:
             sys.exit(f"the federation failed: {outcome.status} {outcome.details}")
         results = json.loads((run_dir / "results.json").read_text())
+        # training times stay at the hospitals (under secure aggregation the server never sees them):
+        # this benchmark, on the same machine, reads each hospital's own training log
+        local_seconds: dict[int, list[float]] = {}
+        for log in (run_dir / "hospitals").glob("*.training.jsonl"):
+            for line in log.read_text().splitlines():
+                entry = json.loads(line)
+                local_seconds.setdefault(entry["round"], []).append(entry["train_seconds"])
 
     rounds = []
     for r in results["rounds"]:
-        seconds = [h["train_seconds"] for h in r["hospitals"].values()]
+        seconds = local_seconds[r["round"]]
         t = r["time"]
         rounds.append({"round": r["round"], "total_s": t["total"], "train_phase_s": t["train"],
                        "local_training_max_s": max(seconds), "local_training_mean_s": sum(seconds) / len(seconds),

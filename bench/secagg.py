@@ -20,7 +20,8 @@ How each method runs (all hospitals and the server in one process, one after the
   num-examples; the server takes the weighted mean, accumulated in float64 (numpy;
   Flower's Message-API FedAvg accumulates in float32, a little less exact).
 - (b) secagg: ClientSession / ServerSession driven stage by stage (advertise_keys,
-  share_keys, masked_input, unmask, aggregate + dequantize_mean) with the record layout
+  share_keys, masked_input, consistency, unmask, aggregate + dequantize_mean) with the
+  Ed25519-signed round keys and survivor list, the record layout
   of `src/strategies/secure.py` and `src/client/secure_aggregation.py`: the client state
   goes through to_bytes/from_bytes and Context.state between stages, the update is kept
   in Context.state as float64 from stage 1 to stage 3, the masked vector travels as an
@@ -195,8 +196,17 @@ def run_secagg(fed: Federation, cfg: dict) -> tuple[np.ndarray, float]:
         dequantize_mean,
         error_bound,
     )
+    from src.strategies.secagg.identity import consortium
+    from src.strategies.secure import keys_record, peers_keys, peers_record, round_keys
 
     state = {node: RecordDict() for node in fed.nodes}  # each hospital's Context.state
+    identities = dict(zip(fed.nodes, consortium([f"hospital_{i}" for i in range(len(fed.nodes))]).values()))
+    for identity in identities.values():  # the Ed25519 work inside the client stages, counted apart too
+        for name in ("sign", "verify"):
+            def timed(*args, _call=getattr(identity, name)):
+                with Clock(fed.detail, "client signatures (sign + verify, all hospitals)"):
+                    return _call(*args)
+            setattr(identity, name, timed)
 
     def keep(node, session, n):
         state[node]["secagg-session"] = ConfigRecord({"state": session.to_bytes(), "num-examples": n})
@@ -218,7 +228,7 @@ def run_secagg(fed: Federation, cfg: dict) -> tuple[np.ndarray, float]:
             replies.append((node, fed.ship(reply, node, stage, copy=False).content))
         return replies
 
-    # stage 1: the training instruction carries the session config, the reply carries public keys
+    # stage 1: the training instruction carries the session config, the reply carries signed public keys
     with Clock(fed.server, "advertise_keys"):
         server = ServerSession(ROUND, fed.nodes, fed.length, clip_range=cfg["clip_range"],
                                quant_bits=cfg["quant_bits"], num_shares=cfg["num_shares"],
@@ -227,11 +237,11 @@ def run_secagg(fed: Federation, cfg: dict) -> tuple[np.ndarray, float]:
 
     def advertise(node, content):
         config = {k.removeprefix("secagg."): v for k, v in content["secagg"].items()}
-        session = ClientSession(node, **config)
-        c_pk, s_pk = session.advertise_keys()
+        session = ClientSession(node, **config, run_id=1)
+        keys = session.advertise_keys(identities[node])
         state[node]["secagg-update"] = ArrayRecord([updates.pop(node).astype(np.float64)])
         keep(node, session, fed.weights[node])
-        return RecordDict({"secagg-keys": ConfigRecord({"c_pk": c_pk, "s_pk": s_pk}),
+        return RecordDict({"secagg-keys": keys_record(keys),
                            "metrics": MetricRecord({"num-examples": fed.weights[node]})})
 
     updates, replies = {}, []
@@ -240,19 +250,17 @@ def run_secagg(fed: Federation, cfg: dict) -> tuple[np.ndarray, float]:
         replies += ask("advertise_keys", {node: RecordDict({"secagg": secagg})}, advertise)
     with Clock(fed.server, "advertise_keys"):
         for node, content in replies:
-            server.receive_public_keys(node, content["secagg-keys"]["c_pk"], content["secagg-keys"]["s_pk"])
+            server.receive_public_keys(node, round_keys(content["secagg-keys"]))
 
     def share(node, content):
         session, n = restore(node)
-        peers = content["peers"]
-        cts = session.share_keys({p: (c, s) for p, c, s in zip(peers["nodes"], peers["c_pk"], peers["s_pk"])})
+        cts = session.share_keys(peers_keys(content["peers"]), identities[node])
         keep(node, session, n)
         return RecordDict({"shares": ConfigRecord({"to": list(cts), "ciphertexts": list(cts.values())})})
 
     with Clock(fed.server, "share_keys"):
-        requests = {n: RecordDict({"peers": ConfigRecord({
-            "nodes": list(peers), "c_pk": [k[0] for k in peers.values()], "s_pk": [k[1] for k in peers.values()]})})
-            for n, peers in server.share_keys_requests().items()}
+        requests = {n: RecordDict({"peers": peers_record(ROUND, peers)})
+                    for n, peers in server.share_keys_requests().items()}
     replies = ask("share_keys", requests, share)
     with Clock(fed.server, "share_keys"):
         for node, content in replies:
@@ -276,16 +284,33 @@ def run_secagg(fed: Federation, cfg: dict) -> tuple[np.ndarray, float]:
             server.receive_masked_vector(node, next(iter(content["masked"].values())).numpy())
         del replies, content
 
+    def sign(node, content):
+        session, n = restore(node)
+        signature = session.sign_survivors(list(content["consistency"]["survivors"]), identities[node])
+        keep(node, session, n)
+        return RecordDict({"consistency": ConfigRecord({"signature": signature})})
+
+    with Clock(fed.server, "consistency"):
+        survivors = server.consistency_request()
+        ask_record = ConfigRecord({"round": ROUND, "survivors": survivors})
+    replies = ask("consistency", {n: RecordDict({"consistency": ask_record}) for n in survivors}, sign)
+    with Clock(fed.server, "consistency"):
+        for node, content in replies:
+            server.receive_signature(node, content["consistency"]["signature"])
+
     def unmask(node, content):
         session, _ = restore(node)
-        b, sk = session.unmask(list(content["unmask"]["survivors"]), list(content["unmask"]["dropped"]))
+        ask = content["unmask"]
+        b, sk = session.unmask(list(ask["survivors"]), list(ask["dropped"]),
+                               dict(zip(ask["signers"], ask["signatures"])), identities[node])
         del state[node]["secagg-session"]
         return RecordDict({"b": ConfigRecord({"nodes": list(b), "shares": list(b.values())}),
                            "sk": ConfigRecord({"nodes": list(sk), "shares": list(sk.values())})})
 
     with Clock(fed.server, "unmask"):
-        survivors, dropped = server.unmask_request()
-        ask_record = ConfigRecord({"survivors": survivors, "dropped": dropped})
+        survivors, dropped, signatures = server.unmask_request()
+        ask_record = ConfigRecord({"round": ROUND, "survivors": survivors, "dropped": dropped,
+                                   "signers": list(signatures), "signatures": list(signatures.values())})
     replies = ask("unmask", {n: RecordDict({"unmask": ask_record}) for n in survivors}, unmask)
     with Clock(fed.server, "unmask"):
         for node, content in replies:
@@ -437,7 +462,7 @@ def run_flower(fed: Federation, cfg: dict, num_shares: int, threshold: int) -> t
 
 # --- worker: one (hospitals, length, method) in its own process ------------------------------
 
-STAGES = {"plain": ("train",), "secagg": ("advertise_keys", "share_keys", "masked_input", "unmask"),
+STAGES = {"plain": ("train",), "secagg": ("advertise_keys", "share_keys", "masked_input", "consistency", "unmask"),
           "flower": ("setup", "share_keys", "collect_masked_vectors", "unmask")}
 
 
@@ -467,7 +492,7 @@ def summarize(fed: Federation, method: str) -> dict:
                        "transport_s": fed.transport.get(s, zero)[0]} for s in stages},
     }
     if fed.detail:
-        out["server_detail_s"] = {k: v[0] for k, v in fed.detail.items()}
+        out["detail_s"] = {k: v[0] for k, v in fed.detail.items()}
     if fed.params:
         out["params"] = fed.params
     return out
@@ -615,6 +640,16 @@ def print_table(rows: list[dict], ratios: dict) -> None:
               f"{'' if x is None else f'{x:7.1f}x':>8s} "
               f"{_ratio(bc.get('round_cpu_s')):>5s} {_ratio(bc.get('round_s')):>6s} "
               f"{r['transport_s']:7.2f} {'yes' if r['within_bound_all_repeats'] else 'NO':>10s}")
+    print("fedcxr's defences against a lying server, per round (wall clock): the consistency stage "
+          "(signing the survivor list) and all Ed25519 signing/verification")
+    for r in rows:
+        if r["method"] == "secagg" and r.get("status") == "ok":
+            c = r["stages"]["consistency"]
+            signatures = r.get("detail_s", {}).get("client signatures (sign + verify, all hospitals)", 0.0)
+            print(f"{r['hospitals']:4d} {r['length']:9d}  consistency: client {1e3 * c['client_s_max']:.2f} ms, "
+                  f"server {1e3 * c['server_s']:.2f} ms, {fmt_bytes(c['client_bytes_mean'])}/client, "
+                  f"{fmt_bytes(c['server_bytes'])} server; signatures {1e3 * signatures:.2f} ms over all hospitals; "
+                  f"{100 * (c['client_s_max'] + c['server_s']) / r['round_s']:.2f}% of the round")
 
 
 def main() -> None:

@@ -52,6 +52,13 @@ def validate(cfg: DictConfig) -> None:
          "auto, cpu or cuda[:N]", cfg.device),
         (int(cfg.data.image_size) >= 16, "data.image_size", "at least 16", cfg.data.image_size),
         (cfg.privacy.name in ("dp", "none"), "privacy.name", "'dp' or 'none'", cfg.privacy.name),
+        (cfg.hospital.require_secure_aggregation in (None, True, False), "hospital.require_secure_aggregation",
+         "true, false or null", cfg.hospital.require_secure_aggregation),
+        (int(cfg.hospital.min_threshold) >= 2, "hospital.min_threshold", "at least 2", cfg.hospital.min_threshold),
+        (cfg.hospital.min_survivors is None or int(cfg.hospital.min_survivors) >= 2, "hospital.min_survivors",
+         "at least 2, or null", cfg.hospital.min_survivors),
+        (cfg.hospital.max_epsilon is None or float(cfg.hospital.max_epsilon) > 0, "hospital.max_epsilon",
+         "> 0, or null", cfg.hospital.max_epsilon),
     ]
     if cfg.privacy.name == "dp":
         checks.append((cfg.privacy.grad_sample_mode in ("hooks", "functorch", "ghost"), "privacy.grad_sample_mode",

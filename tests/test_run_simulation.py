@@ -67,24 +67,32 @@ SMALL = ("federation.num_hospitals=2", "federation.rounds=2", "federation.local_
 THREE = ("federation.num_hospitals=3", "federation.min_hospitals=2")
 
 
+TRAINING_METRICS = {"num_examples", "train_loss", "train_seconds"}
+
+
 def check_results(run_dir: Path, hospitals: set[str], rounds: list[int]) -> dict:
     results = json.loads((run_dir / "results.json").read_text())
     assert [r["round"] for r in results["rounds"]] == rounds
+    secure = results["config"]["strategy"]["name"] == "secagg"
     for r in results["rounds"]:
         assert set(r["hospitals"]) <= hospitals
         assert 0.0 <= r["global"]["accuracy"] <= 1.0
         assert r["global"]["num_examples"] >= sum(h.get("num_test_examples", 0) for h in r["hospitals"].values())
-        assert all(h["num_examples"] > 0 for h in r["hospitals"].values())
         assert all(h["num_test_examples"] > 0 for h in r["hospitals"].values())  # each model evaluated by each
-        assert all(h["train_seconds"] > 0 for h in r["hospitals"].values() if "declined" not in h)
+        trained = [h for h in r["hospitals"].values() if h["trained"]]
+        if secure:  # nothing per hospital about its training data but its ε: the sum's total weight only
+            assert all(not TRAINING_METRICS & set(h) for h in r["hospitals"].values())
+            assert all(set(h.get("privacy", {})) <= {"epsilon", "delta", "accountant"} for h in r["hospitals"].values())
+            assert r["secure_aggregation"]["num_examples"] > 0
+        else:
+            assert all(h["num_examples"] > 0 and h["train_seconds"] > 0 for h in trained)
         assert {"train", "aggregate", "total"} <= set(r["time"])
-    if results["config"]["privacy"]["name"] == "dp":  # cumulative ε: steps counted from the start of the run
+    if results["config"]["privacy"]["name"] == "dp":  # cumulative ε over the run
         target = results["config"]["privacy"]["target_epsilon"]
         for name in hospitals:
             spent = [r["hospitals"][name]["privacy"] for r in results["rounds"]
                      if name in r["hospitals"] and "declined" not in r["hospitals"][name]]
-            assert [p["steps"] for p in spent] == sorted(p["steps"] for p in spent)
-            assert all(a["epsilon"] < b["epsilon"] for a, b in zip(spent, spent[1:]) if a["steps"] < b["steps"])
+            assert all(a["epsilon"] < b["epsilon"] for a, b in zip(spent, spent[1:]))
             assert target is None or all(p["epsilon"] <= target for p in spent)
             assert all(p["accountant"] == "rdp" and p["delta"] == 1e-5 for p in spent)
     saved = torch.load(run_dir / "model.pt", weights_only=False)
@@ -158,8 +166,8 @@ def test_deployment_secure_aggregation_recovers_a_hospital_killed_mid_protocol(t
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """`-m strategy=fedavg,secagg` in simulation mode: two runs of three hospitals, with a
-    reader CSV, and hospital_3's privacy budget already spent (it declines every round)."""
+    """`-m strategy=fedavg,secagg` in simulation mode: two runs of three hospitals without DP (training
+    is then deterministic, so the two models can be compared), with a reader CSV."""
     from src.config import compose_config
     from src.data.synthetic import ensure_synthetic
 
@@ -171,12 +179,11 @@ def sweep(tmp_path_factory):
     reads = [(p.relative_to(base / "synthetic"), classes[(classes.index(p.parent.name) + (i % 5 == 0)) % 3])
              for i, p in enumerate(images)]  # a reader wrong on every fifth image
     (base / "reads.csv").write_text("image,label\n" + "".join(f"{image},{label}\n" for image, label in reads))
-    for job in range(2):
-        spend_privacy_budget(base / "multirun" / str(job), "hospital_3")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "run_simulation.py"), "-m", f"hydra.sweep.dir={base / 'multirun'}",
          f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", *SMALL, *THREE,
-         "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}", "strategy=fedavg,secagg"],
+         "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}", "privacy=none",
+         "strategy=fedavg,secagg"],
         capture_output=True, text=True, timeout=600, cwd=base)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return base, proc
@@ -188,46 +195,49 @@ def sweep_runs(base: Path) -> dict[str, Path]:
 
 
 @pytest.mark.e2e
-def test_simulation_multirun_sweeps_strategies_with_a_declining_hospital_and_expert_reads(sweep):
+def test_simulation_multirun_sweeps_strategies_with_expert_reads(sweep):
     base, proc = sweep
-    assert proc.stdout.count("round 2/2") == 2 and proc.stdout.count("hospitals 2/3") == 4
+    assert proc.stdout.count("round 2/2") == 2 and proc.stdout.count("hospitals 3/3") == 4
     runs = sweep_runs(base)
     assert set(runs) == {"fedavg", "secagg"}
     states = {}
     for name, run_dir in runs.items():
         results = check_results(run_dir, {"hospital_1", "hospital_2", "hospital_3"}, [1, 2])
         assert results["config"]["federation"]["mode"] == "simulation"
-        for entry in results["rounds"]:
-            declined = entry["hospitals"]["hospital_3"]
-            assert "privacy budget spent" in declined["declined"] and "train_loss" not in declined
-            assert declined["privacy"]["steps"] == 1000
         reader = results["final"]["reader"]
         tested = results["final"]["global"]["num_examples"]
         assert reader["images"] == tested and reader["skipped"] == 120 - tested
         assert 0.6 < reader["reader"]["accuracy"] < 1.0
         assert reader["model"]["accuracy"] == results["final"]["global"]["accuracy"]
         report = (run_dir / "report.md").read_text()
-        assert "## Expert reads" in report and "privacy budget spent" in report
+        assert "## Expert reads" in report
         states[name] = torch.load(run_dir / "model.pt", weights_only=False)["state_dict"]
-    # secure aggregation gives FedAvg's model up to quantisation: each round's average is within
-    # clip_range / (2^quant_bits - 1) = 3e-8 per weight, and training carries that difference on
+    # without DP training is deterministic, and secure aggregation gives FedAvg's model up to quantisation:
+    # each round's average is within clip_range / (2^quant_bits - 1) = 3e-8 per weight; training carries
+    # that difference on.
     secure = json.loads((runs["secagg"] / "results.json").read_text())
-    assert all(r["secure_aggregation"]["survivors"] == ["hospital_1", "hospital_2"] for r in secure["rounds"])
+    assert all(r["secure_aggregation"]["survivors"] == ["hospital_1", "hospital_2", "hospital_3"]
+               for r in secure["rounds"])
+    # Adam, which divides by the root of tiny second moments where a gradient is near zero, can
+    # amplify that difference in a few weights: all of them stay within 1e-4 (a round moves a weight
+    # by ~lr x steps = 1e-2), and on average within 1e-6
     for key in states["fedavg"]:
-        torch.testing.assert_close(states["secagg"][key], states["fedavg"][key], rtol=0, atol=1e-5)
+        difference = (states["secagg"][key].double() - states["fedavg"][key].double()).abs()
+        assert difference.max() <= 1e-4 and difference.mean() <= 1e-6, key
 
 
 @pytest.mark.e2e
-def test_resume_continues_an_interrupted_run_to_the_same_model(sweep, tmp_path):
-    """Ctrl-C after round 1 of 2, then `resume=`: the same model as the uninterrupted run of the
-    sweep, and ε carried over (never under-counted: a round trained before the interruption
-    counts again when it is redone)."""
+def test_resume_continues_an_interrupted_private_run_with_a_declining_hospital(sweep, tmp_path):
+    """DP-SGD, hospital_3's privacy budget already spent (it declines every round). Ctrl-C after
+    round 1 of 2, then `resume=`: round 1 as recorded, round 2 trained with fresh DP noise, and ε
+    carried over (never under-counted: a round trained before the interruption counts again when
+    it is redone)."""
     base, _ = sweep
     spend_privacy_budget(tmp_path / "run", "hospital_3")
     first = subprocess.Popen(
         [sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={tmp_path / 'run'}",
          f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", *SMALL, *THREE,
-         "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}", "strategy=fedavg"],
+         "federation.mode=simulation", "strategy=fedavg"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, start_new_session=True)
     output = []
     try:
@@ -241,6 +251,7 @@ def test_resume_continues_an_interrupted_run_to_the_same_model(sweep, tmp_path):
         if first.poll() is None:
             first.kill()
     assert first.returncode != 0, "".join(output)[-3000:]
+    assert "hospitals 2/3" in "".join(output)
     assert [r["round"] for r in json.loads((tmp_path / "run" / "results.json").read_text())["rounds"]] == [1]
     round_1 = json.loads((tmp_path / "run" / "results.json").read_text())["rounds"][0]
 
@@ -249,24 +260,30 @@ def test_resume_continues_an_interrupted_run_to_the_same_model(sweep, tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "round 1/2" not in resumed.stdout and "round 2/2" in resumed.stdout
     results = check_results(tmp_path / "run", {"hospital_1", "hospital_2", "hospital_3"}, [1, 2])
-    uninterrupted = sweep_runs(base)["fedavg"]
-    # round 1 as recorded before the interruption, completed by the hospitals' evaluation of its
-    # model (which rides on round 2's train message): the same as in the uninterrupted run
     again = results["rounds"][0]
     assert {k: v for k, v in again.items() if k != "hospitals"} == {k: v for k, v in round_1.items() if k != "hospitals"}
-    reference_1 = json.loads((uninterrupted / "results.json").read_text())["rounds"][0]["hospitals"]
-    for name, hospital in again["hospitals"].items():
-        assert {k: hospital[k] for k in round_1["hospitals"][name]} == round_1["hospitals"][name]
-        assert hospital["auc"] == pytest.approx(reference_1[name]["auc"], abs=1e-6)
-    expected = torch.load(uninterrupted / "model.pt", weights_only=False)["state_dict"]
-    got = torch.load(tmp_path / "run" / "model.pt", weights_only=False)["state_dict"]
-    for key in expected:
-        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6)
-    reference = json.loads((uninterrupted / "results.json").read_text())["rounds"][1]["hospitals"]
-    for name, hospital in results["rounds"][1]["hospitals"].items():  # ε carried across the resume
-        assert hospital["privacy"]["steps"] >= reference[name]["privacy"]["steps"]
-        if hospital["privacy"]["steps"] == reference[name]["privacy"]["steps"]:
-            assert hospital["privacy"]["epsilon"] == pytest.approx(reference[name]["privacy"]["epsilon"])
+    for entry in results["rounds"]:
+        declined = entry["hospitals"]["hospital_3"]
+        assert "privacy budget spent" in declined["declined"] and not declined["trained"]
+        assert declined["privacy"]["steps"] == 1000
+    assert "privacy budget spent" in (tmp_path / "run" / "report.md").read_text()
+    for name in ("hospital_1", "hospital_2"):  # ε carried across the resume: two rounds' worth of steps
+        steps = [r["hospitals"][name]["privacy"]["steps"] for r in results["rounds"]]
+        assert steps[1] >= 2 * steps[0] > 0
+
+
+@pytest.mark.e2e
+def test_a_hospital_that_requires_secure_aggregation_refuses_a_plain_round(tmp_path):
+    """Deployment, `strategy=fedavg` while every hospital's own policy requires secure aggregation:
+    every hospital refuses to train, no model comes out, and the run fails with their reason."""
+    proc, run_dir = run(tmp_path, *SMALL, "federation.rounds=1", "strategy=fedavg",
+                        "hospital.require_secure_aggregation=true")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "declined by hospital_1" in proc.stdout and "declined by hospital_2" in proc.stdout
+    assert "policy hospital.require_secure_aggregation" in proc.stdout
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["rounds"] == [] and "policy hospital.require_secure_aggregation" in results["stopped"]
+    assert not (run_dir / "model.pt").exists()
 
 
 def test_a_resumed_run_keeps_its_config_but_may_run_longer(tmp_path):

@@ -5,8 +5,8 @@ brings (the previous round's) on the test split; only the last round's model nee
 evaluate message of its own.
 
 A hospital's images are named by its manifest (its part of the run's `split.json`),
-given by the SuperNode's node config (`hospital`, `manifest`) in deployment, or
-looked up by partition id in simulation. Decoded images come from the on-disk MONAI
+and what it accepts by its policy, both from its own node config (`src/client/hospital.py`),
+never from the server's run config. Decoded images come from the on-disk MONAI
 cache, since Flower may start a fresh ClientApp process for every message — which is
 also why torch, MONAI and Opacus are imported inside the handlers that use them: the
 secure-aggregation stages (`src/client/secure_aggregation.py`) need none of them, and
@@ -15,6 +15,7 @@ importing them costs seconds per message.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import replace
@@ -24,21 +25,19 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from src.client import secure_aggregation
+from src.client.hospital import Policy, node_settings
 from src.config import from_run_config
 from src.data.federation import Federation
 
 app = ClientApp()
 app.train("secagg_share")(secure_aggregation.share_keys)
+app.train("secagg_consistency")(secure_aggregation.consistency)
 app.train("secagg_unmask")(secure_aggregation.unmask)
 
 
 def manifest(context: Context) -> Path:
-    """This hospital's manifest (its part of the federation); its privacy ledger lies beside it."""
-    if "manifest" in context.node_config:
-        return Path(str(context.node_config["manifest"]))
-    run_dir = Path(str(context.run_config["run-dir"]))
-    names = Federation.load(run_dir / "split.json").hospitals
-    return run_dir / "hospitals" / f"{names[int(context.node_config['partition-id'])]}.json"
+    """This hospital's manifest (its part of the federation); its privacy ledger and training log lie beside it."""
+    return Path(str(node_settings(context)["manifest"]))
 
 
 def hospital_data(context: Context) -> Federation:
@@ -90,12 +89,14 @@ def train(msg: Message, context: Context) -> Message:
 
     _share_cpu(context)
     cfg = from_run_config(context.run_config)
+    rules = Policy.of(node_settings(context))
     data = hospital_data(context)
     hospital, samples = data.hospitals[0], data.select(split="train")
     server_round = int(msg.content["config"]["server-round"])
     secure = "secagg" in msg.content
-    if cfg.strategy.name == "secagg" and not secure:
-        raise RuntimeError(f"{hospital}: the run uses secure aggregation, refusing to send its update in the clear")
+    if rules.require_secure_aggregation and not secure:
+        return _reply(msg, hospital, {}, declined="policy hospital.require_secure_aggregation: refusing to train for "
+                      "a round without secure aggregation (the update would reach the server in the clear)")
     if secure:
         secure_aggregation.check_ready(msg, context)  # before any privacy budget is spent
     records = {}
@@ -104,17 +105,17 @@ def train(msg: Message, context: Context) -> Message:
         records["evaluation"] = ConfigRecord(_evaluate(cfg, data, msg))
     dp, ledger = None, None
     if cfg.privacy.name == "dp":
-        dp = privacy.plan(cfg.privacy, cfg.federation, len(samples))
+        dp = privacy.plan(cfg.privacy, cfg.federation, len(samples), max_epsilon=rules.max_epsilon)
         ledger = privacy.Ledger.open(manifest(context).with_name(f"{hospital}.privacy.json"))
         refusal = ledger.refusal(dp, server_round)
         if refusal:
-            records["privacy"] = ConfigRecord(ledger.report(dp))
+            records["privacy"] = ConfigRecord(ledger.report(dp, secure))
             if secure:
                 records |= secure_aggregation.decline(msg, context)
-            return _reply(msg, hospital, {"num-examples": len(samples)}, records, declined=refusal)
+            return _reply(msg, hospital, {}, records, declined=refusal)
         dp = replace(dp, noise_multiplier=ledger.sigma(dp))
-    torch.manual_seed(int(cfg.seed) + server_round)
     model = _model(cfg, data.classes, msg)
+    # augmentation and shuffling stay seeded (reproducible); DP's sampling and noise never are (training.py)
     loader = make_loader(samples, cfg.data, True, int(cfg.federation.batch_size), int(cfg.seed) + server_round)
     start = time.perf_counter()
     loss, steps = train_epochs(
@@ -123,16 +124,24 @@ def train(msg: Message, context: Context) -> Message:
         dp=dp, grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "hooks")),
     )
     metrics = {"train_loss": loss, "num-examples": len(samples), "train_seconds": time.perf_counter() - start}
+    _log_training(manifest(context).with_name(f"{hospital}.training.jsonl"), server_round, metrics, steps)
     if ledger is not None:
         ledger.spend(dp, server_round, steps)
-        records["privacy"] = ConfigRecord(ledger.report(dp))
+        records["privacy"] = ConfigRecord(ledger.report(dp, secure))
     trained = ArrayRecord(model.cpu().state_dict())
-    if secure:
+    if secure:  # only the masked sum may tell the server anything about the training data: no metrics
         update = flatten(trained) - flatten(msg.content["arrays"])
         records |= secure_aggregation.contribute(msg, context, update, len(samples))
+        metrics = {}
     else:
         records["arrays"] = trained
     return _reply(msg, hospital, metrics, records)
+
+
+def _log_training(path: Path, server_round: int, metrics: dict, steps: int) -> None:
+    """The hospital's own record of each round it trained (loss, time, images, steps); it stays at the hospital."""
+    with open(path, "a") as log:
+        log.write(json.dumps({"round": server_round, "steps": steps, **metrics}) + "\n")
 
 
 def flatten(metrics: dict) -> dict:

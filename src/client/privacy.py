@@ -39,8 +39,11 @@ class Plan:
     target_epsilon: float | None
 
 
-def plan(privacy, federation, num_train: int) -> Plan:
-    """Check the privacy settings for a hospital of `num_train` images; one clear error naming the key."""
+def plan(privacy, federation, num_train: int, max_epsilon: float | None = None) -> Plan:
+    """Check the privacy settings for a hospital of `num_train` images; one clear error naming the key.
+
+    `max_epsilon` is the hospital's own cap (its policy, not the server's config): σ is
+    planned for the smaller of the two targets, and no round may take ε past it."""
     delta = float(privacy.delta)
     if not 0 < delta < 1:
         raise ValueError(f"privacy.delta: expected a value in (0, 1), got {delta}")
@@ -54,6 +57,8 @@ def plan(privacy, federation, num_train: int) -> Plan:
     steps_per_round = int(federation.local_epochs) * batches
     planned = int(federation.rounds) * steps_per_round
     target = privacy.target_epsilon
+    if max_epsilon is not None and (target is None or float(target) > float(max_epsilon)):
+        target = None if target is None else float(max_epsilon)
     if target is not None:
         if float(target) <= 0:
             raise ValueError(f"privacy.target_epsilon: expected > 0, got {target}")
@@ -71,8 +76,8 @@ def plan(privacy, federation, num_train: int) -> Plan:
         sigma = float(privacy.noise_multiplier)
         if sigma <= 0:
             raise ValueError(f"privacy.noise_multiplier: expected > 0, got {sigma}")
-    return Plan(sigma, sample_rate, steps_per_round, planned, delta, float(privacy.max_grad_norm),
-                None if target is None else float(target))
+    limit = float(target) if target is not None else (None if max_epsilon is None else float(max_epsilon))
+    return Plan(sigma, sample_rate, steps_per_round, planned, delta, float(privacy.max_grad_norm), limit)
 
 
 def epsilon(history: list[dict], delta: float) -> float:
@@ -116,7 +121,7 @@ class Ledger:
         after = epsilon(self.history + [self.next_round(plan, server_round)], plan.delta)
         if after > plan.target_epsilon:
             return (f"privacy budget spent: another round would take ε from "
-                    f"{epsilon(self.history, plan.delta):.3f} to {after:.3f} > target {plan.target_epsilon}")
+                    f"{epsilon(self.history, plan.delta):.3f} to {after:.3f} > limit {plan.target_epsilon}")
         return None
 
     def spend(self, plan: Plan, server_round: int, steps: int) -> None:
@@ -127,8 +132,11 @@ class Ledger:
         tmp.write_text(json.dumps({"noise_multiplier": self.noise_multiplier, "history": self.history}, indent=1))
         tmp.replace(self.path)
 
-    def report(self, plan: Plan) -> dict:
-        """What results.json shows for this hospital: ε over every round trained so far."""
-        return {"epsilon": epsilon(self.history, plan.delta), "delta": plan.delta,
-                "noise_multiplier": self.sigma(plan), "sample_rate": plan.sample_rate,
-                "steps": sum(h["steps"] for h in self.history), "accountant": ACCOUNTANT}
+    def report(self, plan: Plan, secure: bool = False) -> dict:
+        """What the hospital reports: ε over every round trained so far. Under secure aggregation
+        only (ε, δ): σ, the sample rate and the steps would tell the server ⌈n/batch⌉."""
+        released = {"epsilon": epsilon(self.history, plan.delta), "delta": plan.delta, "accountant": ACCOUNTANT}
+        if secure:
+            return released
+        return released | {"noise_multiplier": self.sigma(plan), "sample_rate": plan.sample_rate,
+                           "steps": sum(h["steps"] for h in self.history)}

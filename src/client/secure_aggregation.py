@@ -2,7 +2,10 @@
 
 The train handler masks the update right after training (`contribute`) and answers
 with the masked vector and fresh public keys for the next round; the plain update
-never leaves the handler. Between messages each round's session (private keys, the
+never leaves the handler. Every round key it advertises is signed with the hospital's
+identity key, every neighbour's is verified against the consortium roster, and the
+hospital's own policy (`src/client/hospital.py`) bounds the threshold and the
+survivors it accepts, whatever the server sends. Between messages each round's session (private keys, the
 shares it holds) waits in the Flower Context.state on the hospital's own SuperNode.
 The stage handlers import neither torch nor MONAI: Flower starts a fresh process
 for every message, and the stages need only numpy and `cryptography`.
@@ -13,7 +16,9 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
+from src.client.hospital import identity, policy
 from src.strategies.secagg import ClientSession, SecAggError
+from src.strategies.secure import keys_record, peers_keys
 
 PREFIX = "secagg-session."
 
@@ -27,6 +32,15 @@ def setup(msg: Message, context: Context, hospital: str) -> Message:
 def share_keys(msg: Message, context: Context) -> Message:
     """`train.secagg_share`: stage 2 — encrypted shares of this hospital's secrets for its neighbours."""
     return Message(RecordDict({"shares": _share(context, msg.content["peers"])}), reply_to=msg)
+
+
+def consistency(msg: Message, context: Context) -> Message:
+    """`train.secagg_consistency`: sign the survivor list (Bonawitz et al.'s consistency check)."""
+    ask = msg.content["consistency"]
+    session = _load(context, int(ask["round"]))
+    signature = session.sign_survivors(list(ask["survivors"]), identity(context))
+    _store(context, session)
+    return Message(RecordDict({"consistency": ConfigRecord({"signature": signature})}), reply_to=msg)
 
 
 def check_ready(msg: Message, context: Context) -> None:
@@ -64,8 +78,9 @@ def unmask(msg: Message, context: Context) -> Message:
     if "unmask" in msg.content:
         ask = msg.content["unmask"]
         key = PREFIX + str(int(ask["round"]))
-        b, sk = ClientSession.from_bytes(context.state[key]["state"]).unmask(list(ask["survivors"]),
-                                                                           list(ask["dropped"]))
+        signatures = dict(zip(ask["signers"], ask["signatures"]))
+        b, sk = ClientSession.from_bytes(context.state[key]["state"]).unmask(
+            list(ask["survivors"]), list(ask["dropped"]), signatures, identity(context))
         del context.state[key]  # the round is over for this hospital
         reply["b"] = ConfigRecord({"nodes": list(b), "shares": list(b.values())})
         reply["sk"] = ConfigRecord({"nodes": list(sk), "shares": list(sk.values())})
@@ -75,18 +90,21 @@ def unmask(msg: Message, context: Context) -> Message:
 
 
 def _advertise(msg: Message, context: Context, settings: ConfigRecord) -> ConfigRecord:
-    """A fresh session for the round in `settings`; sessions of rounds before the previous one are dropped."""
-    session = ClientSession(msg.metadata.dst_node_id, **dict(settings))
-    c_pk, s_pk = session.advertise_keys()
+    """A fresh session for the round in `settings`, checked against this hospital's policy; sessions of
+    rounds before the previous one are dropped."""
+    rules = policy(context)
+    session = ClientSession(msg.metadata.dst_node_id, **dict(settings), run_id=msg.metadata.run_id,
+                            min_threshold=rules.min_threshold, min_survivors=rules.min_survivors)
+    keys = session.advertise_keys(identity(context))
     for key in [k for k in context.state if k.startswith(PREFIX) and int(k[len(PREFIX):]) < session.state.round - 1]:
         del context.state[key]
     _store(context, session)
-    return ConfigRecord({"c_pk": c_pk, "s_pk": s_pk})
+    return keys_record(keys)
 
 
 def _share(context: Context, peers: ConfigRecord) -> ConfigRecord:
     session = _load(context, int(peers["round"]))
-    ciphertexts = session.share_keys({node: (c, s) for node, c, s in zip(peers["nodes"], peers["c_pk"], peers["s_pk"])})
+    ciphertexts = session.share_keys(peers_keys(peers), identity(context))
     _store(context, session)
     return ConfigRecord({"to": list(ciphertexts), "ciphertexts": list(ciphertexts.values())})
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from monai.data import DataLoader
 from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
 
 from src.client.privacy import Plan
 from src.data.dataset import make_dataset
@@ -28,12 +31,28 @@ def make_loader(samples: list[Sample], data_cfg, train: bool, batch_size: int, s
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=0, generator=generator)
 
 
+def secret_generator(device) -> torch.Generator:
+    """A generator seeded from the operating system's CSPRNG, fresh on every call.
+
+    DP noise and Poisson sampling must be secret to the hospital and fresh on every
+    attempt: seeded from the run config, the server could regenerate and subtract the
+    noise, and two hospitals would draw the same. Opacus' `secure_mode` would draw from
+    torchcsprng, which is archived and has no wheels for current torch; a 64-bit seed
+    from os.urandom per training call, kept in the hospital's process, is the fallback
+    Opacus' docs name.
+    """
+    generator = torch.Generator(device=torch.device(device))
+    generator.manual_seed(int.from_bytes(os.urandom(8), "little"))
+    return generator
+
+
 def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: float = 0.0,
                  dp: Plan | None = None, grad_sample_mode: str = "hooks") -> tuple[float, int]:
     """Adam for `epochs` epochs; returns the last epoch's mean loss and the optimizer steps taken.
 
     With `dp`, Opacus DP-SGD: Poisson sampling (expected batch = the loader's), each
-    sample's gradient clipped to `dp.max_grad_norm`, Gaussian noise of σ·C. With
+    sample's gradient clipped to `dp.max_grad_norm`, Gaussian noise of σ·C; sampling
+    and noise come from `secret_generator`, so no seed reproduces them. With
     `proximal_mu` > 0, FedProx's pull towards the global weights w_g, applied as a
     decoupled step w -= lr·mu·(w - w_g) after each optimizer step: a function of the
     weights alone, so under DP it is post-processing and costs no privacy (as a loss
@@ -46,9 +65,12 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
     net = model
     if dp is not None:
         engine = PrivacyEngine(accountant="rdp")
-        made = engine.make_private(module=model, optimizer=optimizer, criterion=criterion, data_loader=loader,
+        # Opacus would take the Poisson sampler's generator from the (seeded) loader: give it a secret one
+        poisson = DPDataLoader.from_data_loader(loader, generator=secret_generator("cpu"))
+        made = engine.make_private(module=model, optimizer=optimizer, criterion=criterion, data_loader=poisson,
                                    noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-                                   poisson_sampling=True, grad_sample_mode=grad_sample_mode)
+                                   poisson_sampling=False, noise_generator=secret_generator(device),
+                                   grad_sample_mode=grad_sample_mode)
         net, optimizer, criterion, loader = made if grad_sample_mode == "ghost" else (*made[:2], criterion, made[2])
     last, steps = float("nan"), 0
     for _ in range(epochs):

@@ -6,6 +6,7 @@ a real hospital's SuperNode would only see its own archive.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from rich.console import Console
 from src.data.check import decode_all, report
 from src.data.federation import Federation, build_federation
 from src.launch.federation import Hospital
+from src.strategies.secagg.identity import new_identity_key, write_roster
 
 
 def prepare_federation(cfg: DictConfig, run_dir: Path, console: Console) -> Federation:
@@ -30,13 +32,53 @@ def prepare_federation(cfg: DictConfig, run_dir: Path, console: Console) -> Fede
     return federation
 
 
-def hospital_nodes(federation: Federation, run_dir: Path) -> list[Hospital]:
-    """One SuperNode per hospital, each given only its own manifest and its share of the cores."""
+def hospital_policy(cfg: DictConfig) -> dict[str, bool | int | float]:
+    """The hospitals' policy (`hospital.*`) as node config; its defaults follow the run's own settings."""
+    policy = cfg.hospital
+    require = policy.require_secure_aggregation
+    max_epsilon = policy.max_epsilon if policy.max_epsilon is not None else cfg.privacy.get("target_epsilon")
+    node = {"require-secure-aggregation": bool(cfg.strategy.name == "secagg" if require is None else require),
+            "min-threshold": int(policy.min_threshold),
+            "min-survivors": int(policy.min_survivors if policy.min_survivors is not None
+                                 else cfg.federation.min_hospitals)}
+    return node | ({"max-epsilon": float(max_epsilon)} if max_epsilon is not None else {})
+
+
+def identities(names: list[str], run_dir: Path) -> tuple[Path, dict[str, Path]]:
+    """Each hospital's Ed25519 identity key and the consortium roster of their public keys.
+
+    A real consortium creates these once, out of band (each hospital its own key; the
+    roster signed off by every member); the demo makes them for the run, and keeps them
+    when a run is resumed.
+    """
+    roster, keys = run_dir / "roster.json", {name: run_dir / "hospitals" / f"{name}.identity.pem" for name in names}
+    if roster.exists() and all(path.exists() for path in keys.values()):
+        return roster, keys
+    public = {}
+    for name, path in keys.items():
+        pem, public[name] = new_identity_key()
+        path.touch(mode=0o600)
+        path.write_bytes(pem)
+    write_roster(roster, public)
+    return roster, keys
+
+
+def hospital_nodes(cfg: DictConfig, federation: Federation, run_dir: Path) -> list[Hospital]:
+    """One SuperNode per hospital, each given only its own manifest, identity, policy and share of the cores.
+
+    The same settings go to `hospitals/<name>.node.json`: Flower's simulation engine
+    has no per-node config, and the ClientApp reads them there instead.
+    """
     (run_dir / "hospitals").mkdir(exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // len(federation.hospitals))
+    roster, keys = identities(federation.hospitals, run_dir)
+    policy = hospital_policy(cfg)
     hospitals = []
     for name in federation.hospitals:
         manifest = run_dir / "hospitals" / f"{name}.json"
         federation.only(name).save(manifest)
-        hospitals.append(Hospital(name, {"hospital": name, "manifest": str(manifest), "threads": threads}))
+        config = {"hospital": name, "manifest": str(manifest), "threads": threads, "identity-key": str(keys[name]),
+                  "roster": str(roster), **policy}
+        (run_dir / "hospitals" / f"{name}.node.json").write_text(json.dumps(config, indent=1))
+        hospitals.append(Hospital(name, config))
     return hospitals

@@ -90,6 +90,7 @@ def main(grid: Grid, context: Context) -> None:
                    train_config=ConfigRecord({"lr": float(cfg.federation.lr)}), on_round=finish_round,
                    on_evaluated=finish_evaluation, unevaluated=unevaluated)
     except RoundFailed as e:
+        record.stop(str(e))
         announce(f"run stopped: {e}; resume with resume={run_dir}")
         raise
     finally:

@@ -77,9 +77,11 @@ def privacy_table(hospitals: dict, cfg: dict) -> list[str]:
              "| hospital | ε | δ | σ | sample rate | steps | accountant | note |", "|---" * 8 + "|"]
     for name, h in hospitals.items():
         p = h.get("privacy")
-        if p is not None:
-            lines.append(f"| {name} | {p['epsilon']:.3f} | {p['delta']:g} | {p['noise_multiplier']:.3f} | "
-                         f"{p['sample_rate']:.4f} | {p['steps']} | {p['accountant']} | {h.get('declined', '')} |")
+        if p is not None:  # under secure aggregation hospitals release only (ε, δ)
+            sigma, rate, steps = (("–" if p.get(k) is None else fmt.format(p[k])) for k, fmt in
+                                  (("noise_multiplier", "{:.3f}"), ("sample_rate", "{:.4f}"), ("steps", "{}")))
+            lines.append(f"| {name} | {p['epsilon']:.3f} | {p['delta']:g} | {sigma} | {rate} | {steps} | "
+                         f"{p['accountant']} | {h.get('declined', '')} |")
     return lines
 
 

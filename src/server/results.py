@@ -39,6 +39,7 @@ class RunRecord:
     def __init__(self, run_dir: Path, cfg, classes: list[str]):
         self.run_dir, self.cfg, self.classes = Path(run_dir), cfg, classes
         self.rounds: list[dict] = []
+        self.stopped: str | None = None
 
     def resume(self) -> dict | None:
         """The last checkpoint (`model.pt`), its round's entries taken back into the record.
@@ -74,12 +75,21 @@ class RunRecord:
         return any("num_test_examples" in h for r in self.rounds if r["round"] == server_round
                    for h in r["hospitals"].values())
 
-    def save(self, state_dict: dict) -> dict:
-        """results.json, then the checkpoint `model.pt`, each replaced atomically."""
+    def stop(self, reason: str) -> None:
+        """A failed round: its reason joins results.json; the model and the rounds before stay as they are."""
+        self.stopped = reason
+        self._write_results()
+
+    def _write_results(self) -> dict:
         final = {k: v for k, v in self.rounds[-1].items() if k in ("global", "hospitals", "reader")} if self.rounds else {}
         record = {"config": OmegaConf.to_container(self.cfg, resolve=True), "classes": self.classes,
-                  "rounds": self.rounds, "final": final}
+                  "rounds": self.rounds, "final": final} | ({"stopped": self.stopped} if self.stopped else {})
         _replace(self.run_dir / "results.json", lambda f: f.write(json.dumps(record, indent=1).encode()))
+        return record
+
+    def save(self, state_dict: dict) -> dict:
+        """results.json, then the checkpoint `model.pt`, each replaced atomically."""
+        record = self._write_results()
         checkpoint = {"state_dict": state_dict, "model": OmegaConf.to_container(self.cfg.model, resolve=True),
                       "classes": self.classes, "image_size": int(self.cfg.data.image_size),
                       "round": self.rounds[-1]["round"] if self.rounds else 0}
@@ -99,7 +109,7 @@ def progress_line(entry: dict, rounds: int) -> str:
     shown = "  ".join(f"{k} {g[k]:.3f}" for k in HEADLINE if g.get(k) is not None)
     t = entry["time"]
     spent = [h["privacy"]["epsilon"] for h in entry["hospitals"].values() if "privacy" in h]
-    trained = sum("train_loss" in h for h in entry["hospitals"].values())
+    trained = sum(bool(h.get("trained")) for h in entry["hospitals"].values())
     return (f"round {entry['round']}/{rounds}  {shown}  hospitals {trained}/{len(entry['hospitals'])}"
             + (f"  ε ≤ {max(spent):.2f}" if spent else "")
             + f"  time {t.get('total', 0):.1f}s (train {t.get('train', 0):.1f}s)")

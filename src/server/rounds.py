@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from src.strategies.observed import trained
-from src.strategies.secagg import BelowThresholdError
+from src.strategies.secagg import SecAggError
 
 
 class RoundFailed(RuntimeError):
@@ -56,7 +56,7 @@ def run_rounds(
                 on_evaluated(pending)
                 pending = None
             aggregated, _ = strategy.aggregate_train(server_round, replies)  # records every answer
-        except BelowThresholdError as e:
+        except SecAggError as e:  # too few hospitals, or a protocol error: nothing is released
             raise RoundFailed(f"round {server_round}: {e}; the global model stays at round {server_round - 1}") from e
         answered = sum(map(trained, replies))
         if answered < min_answers:

@@ -48,6 +48,7 @@ class Observed:
         for msg in replies:
             if not msg.has_error():
                 hospital = record["hospitals"].setdefault(self._hospital(msg), {})
+                hospital["trained"] = trained(msg)  # who took part is visible to the server anyway
                 hospital.update({k.replace("-", "_"): v for k, v in msg.content["metrics"].items()})
                 if "privacy" in msg.content:
                     hospital["privacy"] = dict(msg.content["privacy"])
@@ -101,7 +102,7 @@ def make_strategy(cfg):
         s = cfg.strategy
         secure = dict(clip_range=float(s.clip_range), quant_bits=int(s.quant_bits), num_shares=s.num_shares,
                       threshold=s.threshold, stage_timeout=float(cfg.federation.round_timeout),
-                      num_rounds=int(cfg.federation.rounds), **common)
+                      num_rounds=int(cfg.federation.rounds), min_survivors=n, **common)
         if float(s.proximal_mu) > 0:
             return SecureFedProx(proximal_mu=float(s.proximal_mu), **secure)
         return SecureFedAvg(**secure)

@@ -5,12 +5,15 @@ masked input, unmask. Only the last two need the round's update, and every extra
 exchange with the hospitals costs seconds of Flower's polling, so the strategy runs
 the first two stages of round r+1 inside messages of round r that are sent anyway:
 
-    train r           global model, the shares addressed to the hospital, settings of r+1
-    reply             masked update (stage 3 of r), public keys for r+1 (stage 1 of r+1)
-    secagg_unmask r   survivors and dropped hospitals of r, neighbours' keys for r+1
-    reply             shares that unmask the sum (stage 4 of r), encrypted shares for r+1 (stage 2)
+    train r                global model, the shares addressed to the hospital, settings of r+1
+    reply                  masked update (stage 3 of r), signed public keys for r+1 (stage 1 of r+1)
+    secagg_consistency r   the survivors of r
+    reply                  the hospital's signature of that list
+    secagg_unmask r        survivors, dropped hospitals and every survivor's signature, neighbours' keys for r+1
+    reply                  shares that unmask the sum (stage 4 of r), encrypted shares for r+1 (stage 2)
 
-A round therefore costs one exchange more than FedAvg. The first round, a resumed
+The consistency exchange is Bonawitz et al.'s defence against a server that tells
+hospitals different survivor lists; with it a round costs two exchanges more than FedAvg. The first round, a resumed
 run, or a round whose hospitals differ from the prepared ones first runs stages 1–2
 on their own (`secagg_setup`, `secagg_share`). Updates are deltas Δ_i = trained −
 global, so they fit a small clipping range; the unmasked sum Σ n_i·q(Δ_i), Σ n_i
@@ -28,11 +31,17 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedProx
 
 from src.strategies.observed import Observed, trained
-from src.strategies.secagg import BelowThresholdError, ServerSession, check_modulus, dequantize_mean
+from src.strategies.secagg import (
+    BelowThresholdError,
+    RoundKeys,
+    ServerSession,
+    check_modulus,
+    dequantize_mean,
+)
 
 log = logging.getLogger("fedcxr")
 
@@ -62,17 +71,38 @@ def apply_update(arrays: ArrayRecord, delta: np.ndarray) -> ArrayRecord:
     return ArrayRecord(array_dict=out)
 
 
-def peers_record(server_round: int, peers: dict[int, tuple[bytes, bytes]]) -> ConfigRecord:
-    return ConfigRecord({"round": server_round, "nodes": list(peers), "c_pk": [k[0] for k in peers.values()],
-                         "s_pk": [k[1] for k in peers.values()]})
+def keys_record(keys: RoundKeys) -> ConfigRecord:
+    """A hospital's signed round keys as a message record."""
+    return ConfigRecord({"name": keys.name, "c_pk": keys.c_pk, "s_pk": keys.s_pk, "commitment": keys.commitment,
+                         "signature": keys.signature})
+
+
+def round_keys(record) -> RoundKeys:
+    """`keys_record` read back; KeyError or TypeError when a field is missing."""
+    return RoundKeys(str(record["name"]), record["c_pk"], record["s_pk"], record["commitment"], record["signature"])
+
+
+def peers_record(server_round: int, peers: dict[int, RoundKeys]) -> ConfigRecord:
+    """The neighbours' signed keys a hospital needs for stage 2, one list per field."""
+    keys = list(peers.values())
+    return ConfigRecord({"round": server_round, "nodes": list(peers), "names": [k.name for k in keys],
+                         "c_pk": [k.c_pk for k in keys], "s_pk": [k.s_pk for k in keys],
+                         "commitments": [k.commitment for k in keys], "signatures": [k.signature for k in keys]})
+
+
+def peers_keys(record) -> dict[int, RoundKeys]:
+    """`peers_record` read back."""
+    fields = ("nodes", "names", "c_pk", "s_pk", "commitments", "signatures")
+    return {int(node): RoundKeys(str(name), *rest) for node, name, *rest in zip(*(record[f] for f in fields))}
 
 
 class SecureAggregationMixin:
     """Secure aggregation in place of a strategy's plain averaging (before Observed in the MRO)."""
 
     def __init__(self, *, clip_range: float, quant_bits: int, num_shares: int | None, threshold: int | None,
-                 stage_timeout: float, num_rounds: int, **kwargs):
+                 stage_timeout: float, num_rounds: int, min_survivors: int = 1, **kwargs):
         super().__init__(**kwargs)
+        self.min_survivors = int(min_survivors)
         self.clip_range, self.quant_bits = float(clip_range), int(quant_bits)
         self.num_shares, self.threshold, self.stage_timeout = num_shares, threshold, float(stage_timeout)
         self.num_rounds = int(num_rounds)
@@ -81,7 +111,8 @@ class SecureAggregationMixin:
 
     def _session(self, server_round: int, nodes) -> ServerSession:
         return ServerSession(server_round, nodes, self._global_vector_length, clip_range=self.clip_range,
-                             quant_bits=self.quant_bits, num_shares=self.num_shares, threshold=self.threshold)
+                             quant_bits=self.quant_bits, num_shares=self.num_shares, threshold=self.threshold,
+                             min_survivors=self.min_survivors)
 
     def configure_train(self, server_round, arrays, config, grid):
         """Train messages to the hospitals whose keys are shared for this round, each with its shares.
@@ -131,7 +162,7 @@ class SecureAggregationMixin:
                 n: RecordDict({"secagg": ConfigRecord(settings)}) for n in session.participants}):
             self.names[node] = str(content["hospital"]["name"]) if "hospital" in content else self._name(node)
             self._read(session, "advertise_keys", node, lambda c=content, n=node: session.receive_public_keys(
-                n, c["keys"]["c_pk"], c["keys"]["s_pk"]))
+                n, round_keys(c["keys"])))
         requests = session.share_keys_requests()
         for node, content in self._ask(server_round, "secagg_share", {
                 n: RecordDict({"peers": peers_record(server_round, peers)}) for n, peers in requests.items()}):
@@ -141,8 +172,9 @@ class SecureAggregationMixin:
     def aggregate_trained(self, server_round, answers):
         """Add up the masked updates, unmask the sum (sharing the next round's keys on the way).
 
-        Raises BelowThresholdError (from the session) when too few hospitals remain: the
-        caller keeps the old global model.
+        Raises BelowThresholdError (from the session) when too few hospitals remain, or
+        SecAggError when the unmasked sum fails its integrity checks: the caller keeps the
+        old global model.
         """
         session, prepared = self.current, self.prepared
         start = time.perf_counter()
@@ -153,10 +185,16 @@ class SecureAggregationMixin:
                     n, next(iter(c["secagg-masked"].values())).numpy()))
             if prepared is not None:
                 self._read(prepared, "advertise_keys", node, lambda c=content, n=node: prepared.receive_public_keys(
-                    n, c["secagg-next"]["c_pk"], c["secagg-next"]["s_pk"]))
-        survivors, dropped = session.unmask_request()
-        contents = {n: RecordDict({"unmask": ConfigRecord({"round": server_round, "survivors": survivors,
-                                                           "dropped": dropped})}) for n in survivors}
+                    n, round_keys(c["secagg-next"])))
+        survivors = session.consistency_request()  # below max(threshold, min_hospitals) nothing is unmasked
+        for node, content in self._ask(server_round, "secagg_consistency", {n: RecordDict({"consistency": ConfigRecord(
+                {"round": server_round, "survivors": survivors})}) for n in survivors}):
+            self._read(session, "consistency", node, lambda c=content, n=node: session.receive_signature(
+                n, c["consistency"]["signature"]))
+        survivors, dropped, signatures = session.unmask_request()
+        contents = {n: RecordDict({"unmask": ConfigRecord({
+            "round": server_round, "survivors": survivors, "dropped": dropped, "signers": list(signatures),
+            "signatures": list(signatures.values())})}) for n in survivors}
         if prepared is not None:
             try:
                 for n, peers in prepared.share_keys_requests().items():
@@ -175,11 +213,10 @@ class SecureAggregationMixin:
         record["time"]["secagg_unmask"] = time.perf_counter() - start
         record["secure_aggregation"].update({
             "survivors": self._names(survivors), "dropped": self._names(dropped), "threshold": session.threshold,
+            "num_examples": examples,
             "rejections": [f"{r.stage}: {self._name(r.node)}: {r.reason}" for r in session.rejections]})
         delta = dequantize_mean(total, examples, self.clip_range, self.quant_bits, dtype=np.float64)
-        included = [m for m in answers if trained(m) and m.metadata.src_node_id in set(survivors)]
-        metrics = self.train_metrics_aggr_fn([m.content for m in included], self.weighted_by_key)
-        return apply_update(self._global, delta), metrics
+        return apply_update(self._global, delta), MetricRecord({"num-examples": examples})
 
     @staticmethod
     def _ciphertexts(session: ServerSession, node: int, content: RecordDict) -> bool:

@@ -122,3 +122,19 @@ def test_a_dp_round_takes_the_planned_steps_and_changes_the_model(tmp_path):
     assert steps == p.steps_per_round == 2 * 4
     assert loss == loss and any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert set(model.state_dict()) == set(before)  # the plain model's keys, not Opacus' wrapper's
+
+
+def test_a_hospitals_own_max_epsilon_caps_whatever_the_server_asks(tmp_path):
+    """The server's run config asks for ε = 100; the hospital's policy says 2: σ is planned for 2,
+    and no round takes the ledger past it. With a fixed σ from the server, the cap declines."""
+    cfg = settings(target_epsilon=100.0)
+    p = plan(cfg.privacy, cfg.federation, num_train=200, max_epsilon=2.0)
+    assert p.target_epsilon == 2.0
+    assert p.noise_multiplier > plan(cfg.privacy, cfg.federation, num_train=200).noise_multiplier
+    ledger = Ledger.open(tmp_path / "h.privacy.json")
+    for server_round in range(1, 4):
+        assert ledger.refusal(p, server_round) is None
+        ledger.spend(p, server_round, p.steps_per_round)
+    assert ledger.report(p)["epsilon"] <= 2.0
+    weak = plan(settings(target_epsilon=None, noise_multiplier=0.3).privacy, cfg.federation, 200, max_epsilon=2.0)
+    assert "privacy budget spent" in Ledger.open(tmp_path / "other.json").refusal(weak, 1)

@@ -37,3 +37,33 @@ def test_the_proximal_step_pulls_back_to_the_global_model(samples, private):
         train_epochs(model, make_loader(items, cfg.data, True, 8, 0), 1, lr, "cpu", proximal_mu=mu, dp=dp)
         moved = max((v - start[k]).abs().max().item() for k, v in model.state_dict().items())
         assert (moved > 1e-4) if moves else (moved < 1e-6), (mu, moved)
+
+
+def test_dp_noise_and_sampling_are_secret_and_fresh_on_every_attempt(samples, monkeypatch):
+    """The same hospital training the same round twice from the same seeds (a retried or resumed
+    round), or two hospitals seeded alike, draw different noise: nothing in the run config, which
+    the server knows, reproduces it."""
+    import opacus.optimizers.optimizer as dp_optimizer
+
+    root, items = samples
+    cfg = compose_config([f"data.cache_dir={root / 'cache'}", "data.image_size=32", "federation.batch_size=4",
+                          "federation.rounds=1", "federation.local_epochs=1"])
+    dp = plan(cfg.privacy, cfg.federation, len(items))
+    drawn: list[list[torch.Tensor]] = []
+    original = dp_optimizer._generate_noise
+
+    def capture(*args, **kwargs):
+        noise = original(*args, **kwargs)
+        drawn[-1].append(noise.detach().clone())
+        return noise
+
+    monkeypatch.setattr(dp_optimizer, "_generate_noise", capture)
+    for hospital_items in (items, items, items[::-1]):
+        drawn.append([])
+        torch.manual_seed(0)
+        train_epochs(build_model(cfg.model, 3), make_loader(hospital_items, cfg.data, True, 4, 0), 1, 1e-3, "cpu",
+                     dp=dp)
+    assert all(len(d) > 0 for d in drawn)
+    first, retried, other = (d[0] for d in drawn)
+    assert first.shape == retried.shape and not torch.equal(first, retried)
+    assert not torch.equal(first, other)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from src.strategies.secagg import ClientSession, ServerSession
+from src.strategies.secagg.identity import consortium
 
 
 def reference_quantize(x, clip_range, quant_bits):
@@ -30,6 +31,7 @@ class Federation:
         self.server = ServerSession(server_round, ids, vector_length, clip_range=clip_range,
                                     quant_bits=quant_bits, **graph)
         self.states = {i: ClientSession(i, **self.server.client_config()).to_bytes() for i in ids}
+        self.identities = {i: identity for i, identity in zip(ids, consortium([f"hospital_{i}" for i in ids]).values())}
         self.sent: dict[int, np.ndarray] = {}
         self.requests = None
 
@@ -45,13 +47,15 @@ class Federation:
     def advertise(self, skip=()):
         for node in self.states:
             if node not in skip:
-                assert self.server.receive_public_keys(node, *self._run(node, lambda s: s.advertise_keys()))
+                assert self.server.receive_public_keys(
+                    node, self._run(node, lambda s, n=node: s.advertise_keys(self.identities[n])))
 
     def share_keys(self, skip=()):
         self.requests = self.server.share_keys_requests()
         for node, keys in self.requests.items():
             if node not in skip:
-                assert self.server.receive_ciphertexts(node, self._run(node, lambda s, keys=keys: s.share_keys(keys)))
+                assert self.server.receive_ciphertexts(node, self._run(
+                    node, lambda s, keys=keys, n=node: s.share_keys(keys, self.identities[n])))
 
     def masked_input(self, updates, weights, skip=(), tamper=lambda requests: None):
         self.requests = self.server.masked_input_requests()
@@ -62,11 +66,21 @@ class Federation:
                 self.sent[node] = vector
                 assert self.server.receive_masked_vector(node, vector)
 
-    def unmask(self, skip=()):
-        survivors, dropped = self.server.unmask_request()
+    def consistency(self, skip=()):
+        survivors = self.server.consistency_request()
         for node in survivors:
             if node not in skip:
-                assert self.server.receive_shares(node, *self._run(node, lambda s: s.unmask(survivors, dropped)))
+                assert self.server.receive_signature(
+                    node, self._run(node, lambda s, n=node: s.sign_survivors(survivors, self.identities[n])))
+        return survivors
+
+    def unmask(self, skip=(), consistency_skip=()):
+        self.consistency(consistency_skip)
+        survivors, dropped, signatures = self.server.unmask_request()
+        for node in survivors:
+            if node not in skip:
+                assert self.server.receive_shares(node, *self._run(
+                    node, lambda s, n=node: s.unmask(survivors, dropped, signatures, self.identities[n])))
         return survivors, dropped
 
     def run(self, updates, weights, drop=None):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from src.strategies.secagg import BelowThresholdError, ServerSession
+from src.strategies.secagg import BelowThresholdError, SecAggError, ServerSession
 from tests.strategies.secagg_round import Federation, expected_sum, random_inputs
 
 IDS3 = [7, 2**64 - 1, 123456789]  # Flower node ids are up to 64-bit
@@ -80,7 +80,51 @@ def test_too_few_masked_vectors():
     fed.share_keys()
     fed.masked_input(updates, weights, skip=IDS3[1:])
     with pytest.raises(BelowThresholdError, match="threshold 2"):
-        fed.server.unmask_request()
+        fed.server.consistency_request()
+
+
+def test_no_unmasking_below_min_survivors():
+    """federation.min_hospitals reaches the session: a sum over fewer hospitals is never unmasked,
+    so no two sums that differ by one hospital can be differenced."""
+    updates, weights = random_inputs(IDS5, L)
+    fed = Federation(IDS5, L, min_survivors=5)
+    fed.advertise()
+    fed.share_keys()
+    fed.masked_input(updates, weights, skip=IDS5[4:])
+    with pytest.raises(BelowThresholdError, match="at least 5 needed to unmask"):
+        fed.server.consistency_request()
+    assert fed.server.shares == {}  # nothing was asked of the hospitals
+
+
+def test_a_tampered_seed_share_is_detected_by_the_commitment():
+    updates, weights = random_inputs(IDS5, L)
+    fed = Federation(IDS5, L)
+    fed.advertise()
+    fed.share_keys()
+    fed.masked_input(updates, weights)
+    fed.unmask()
+    holder, owner = sorted(fed.server.shares)[0], IDS5[2]
+    share = bytearray(fed.server.shares[holder][0][owner])
+    share[5] ^= 1  # in the first 16-byte chunk (4 bytes of index first): a valid-looking, wrong share
+    fed.server.shares[holder][0][owner] = bytes(share)
+    with pytest.raises(SecAggError, match=f"hospital {owner}'s seed do not match its commitment"):
+        fed.server.aggregate()
+
+
+def test_an_input_outside_the_protocols_range_is_detected():
+    """A hospital that adds garbage instead of n_i * q(x_i): the unmasked sum is out of range."""
+    updates, weights = random_inputs(IDS5, L)
+    fed = Federation(IDS5, L)
+    fed.advertise()
+    fed.share_keys()
+    cheat = IDS5[1]
+    fed.masked_input(updates, weights, skip={cheat})
+    vector = fed._run(cheat, lambda s: s.masked_input(fed.requests[cheat], updates[cheat], weights[cheat]))
+    vector[:-1] += np.uint64(1 << 62)
+    assert fed.server.receive_masked_vector(cheat, vector)
+    fed.unmask()
+    with pytest.raises(SecAggError, match="out of range"):
+        fed.server.aggregate()
 
 
 def test_too_few_shares_then_a_late_answer():
@@ -94,7 +138,8 @@ def test_too_few_shares_then_a_late_answer():
         fed.server.aggregate()
     late = IDS5[2]
     session = fed.session(late)
-    assert fed.server.receive_shares(late, *session.unmask(survivors, dropped))
+    assert fed.server.receive_shares(late, *session.unmask(survivors, dropped, fed.server.signatures,
+                                                           fed.identities[late]))
     check(fed, *fed.server.aggregate(), updates, weights, IDS5)
 
 
@@ -106,7 +151,7 @@ def test_refuses_to_unmask_survivors_cut_into_small_groups():
     fed.share_keys()
     fed.masked_input(updates, weights, skip={2, 4})
     with pytest.raises(BelowThresholdError, match=r"\[\[3\]\]"):
-        fed.server.unmask_request()
+        fed.server.consistency_request()
 
 
 def test_config_errors_name_the_key():

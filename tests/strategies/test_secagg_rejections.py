@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from src.strategies.secagg import BelowThresholdError, ClientSession, SecAggError
+from src.strategies.secagg.identity import consortium
 from tests.strategies.secagg_round import Federation, expected_sum, random_inputs
 
 IDS = [3, 9, 27, 81, 243]
@@ -48,17 +49,17 @@ def test_duplicate_and_out_of_order_answers_are_ignored():
     fed = Federation(IDS, L)
     late = IDS[-1]
     fed.advertise(skip={late})
-    c_pk, s_pk = ClientSession(IDS[0], **fed.server.client_config()).advertise_keys()
-    assert not fed.server.receive_public_keys(IDS[0], c_pk, s_pk)  # twice (first keys kept)
+    keys = ClientSession(IDS[0], **fed.server.client_config()).advertise_keys(fed.identities[IDS[0]])
+    assert not fed.server.receive_public_keys(IDS[0], keys)  # twice (first keys kept)
     assert "twice" in reasons(fed, "advertise_keys")[IDS[0]]
-    assert not fed.server.receive_public_keys(10**6, c_pk, s_pk)  # not a participant
+    assert not fed.server.receive_public_keys(10**6, keys)  # not a participant
     assert "not a participant" in reasons(fed, "advertise_keys")[10**6]
     assert not fed.server.receive_masked_vector(IDS[1], np.zeros(L + 1, np.uint64))  # too early
     assert "out of order" in reasons(fed, "masked_input")[IDS[1]]
     fed.share_keys()
     assert late not in fed.requests
-    late_keys = ClientSession(late, **fed.server.client_config()).advertise_keys()
-    assert not fed.server.receive_public_keys(late, *late_keys)  # stage closed
+    late_keys = ClientSession(late, **fed.server.client_config()).advertise_keys(fed.identities[late])
+    assert not fed.server.receive_public_keys(late, late_keys)  # stage closed
     assert not fed.server.receive_ciphertexts(late, {})  # never advertised
     assert "did not complete the previous stage" in reasons(fed, "share_keys")[late]
     fed.masked_input(updates, weights)
@@ -76,7 +77,7 @@ def test_ciphertexts_for_the_wrong_neighbours_are_ignored():
     fed.advertise()
     requests = fed.server.share_keys_requests()
     node = IDS[0]
-    cts = fed.session(node).share_keys(requests[node])
+    cts = fed.session(node).share_keys(requests[node], fed.identities[node])
     assert not fed.server.receive_ciphertexts(node, {**cts, IDS[2]: b"x" * 80})
     assert "expected ciphertexts for" in reasons(fed, "share_keys")[node]
     assert fed.server.receive_ciphertexts(node, cts)
@@ -106,31 +107,41 @@ def test_tampered_share_ciphertext_is_rejected_and_the_round_completes(attack, c
     assert weight == want_weight
 
 
-def test_a_hospital_never_reveals_both_secrets_of_one_hospital():
+def test_a_hospital_unmasks_only_the_survivor_list_it_signed_and_never_both_secrets():
     updates, weights = random_inputs(IDS, L)
-    fed = through_masked_input(updates, weights)
-    node, other, rest = IDS[0], IDS[1], IDS[2:4]  # threshold 3
-    session = fed.session(node)
-    with pytest.raises(SecAggError, match="both survivor and dropped"):
-        session.unmask([node, other, *rest], [other])
-    with pytest.raises(SecAggError, match="listed as dropped"):
-        session.unmask([other, *rest], [node])
+    fed = through_masked_input(updates, weights, skip={IDS[4]})  # IDS[4] dropped after sharing its keys
+    node, other = IDS[0], IDS[1]  # threshold 3
+    me, session = fed.identities[node], fed.session(node)
+    with pytest.raises(SecAggError, match="not listed as a survivor"):
+        session.sign_survivors(IDS[1:4], me)
     with pytest.raises(BelowThresholdError, match="a sum of 2 hospitals"):
-        session.unmask([node, other], [])
-    b_shares, sk_shares = session.unmask([node, other, *rest], [])
-    assert set(b_shares) == {node, other, *rest} and sk_shares == {}
+        session.sign_survivors([node, other], me)
+    survivors = fed.consistency()
+    _, dropped, signatures = fed.server.unmask_request()
+    session = fed.session(node)
+    with pytest.raises(SecAggError, match="second, different survivor list"):
+        session.sign_survivors(survivors[:-1], me)
+    with pytest.raises(SecAggError, match="differs from the one it signed"):
+        session.unmask(survivors[:-1], dropped, signatures, me)
+    with pytest.raises(SecAggError, match="both survivor and dropped"):
+        session.unmask(survivors, [other], signatures, me)
+    with pytest.raises(SecAggError, match="signed the survivor list"):  # signatures missing or forged
+        session.unmask(survivors, dropped, {n: signatures[n] for n in survivors[:2]}, me)
+    with pytest.raises(SecAggError, match="signed the survivor list"):
+        session.unmask(survivors, dropped, {n: signatures[node] for n in survivors}, me)
+    b_shares, sk_shares = session.unmask(survivors, dropped, signatures, me)
+    assert set(b_shares) == set(survivors) and set(sk_shares) == {IDS[4]}
     session = ClientSession.from_bytes(session.to_bytes())  # the memory survives the next message
-    with pytest.raises(SecAggError, match=rf"already revealed the other secret of \[{other}\]"):
-        session.unmask([node, *rest], [other])
-    assert session.unmask([node, other, *rest], [])[0] == b_shares  # asking again for the same is harmless
+    assert session.unmask(survivors, dropped, signatures, me)[0] == b_shares  # asking again is harmless
 
 
 def test_client_stages_must_come_in_order():
+    me = consortium(["hospital_1"])["hospital_1"]
     session = ClientSession(1, server_round=2, threshold=2, clip_range=1.0, quant_bits=8)
     with pytest.raises(SecAggError, match="out of order"):
-        session.share_keys({})
+        session.share_keys({}, me)
     with pytest.raises(SecAggError, match="out of order"):
-        session.unmask([], [])
-    session.advertise_keys()
+        session.unmask([], [], {}, me)
+    session.advertise_keys(me)
     with pytest.raises(SecAggError, match="out of order"):
-        session.advertise_keys()
+        session.advertise_keys(me)

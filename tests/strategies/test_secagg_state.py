@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from src.strategies.secagg import ClientSession
+from src.strategies.secagg.identity import consortium
 from tests.strategies.secagg_round import Federation, random_inputs
 
 IDS = [1, 2, 3]
@@ -25,7 +26,7 @@ def test_state_round_trips_at_every_stage():
     assert round_trip(s)["stage"] == "new"
     fed.advertise()
     doc = round_trip(fed.session(1))
-    assert doc["stage"] == "advertised" and doc["c_sk"] and doc["s_sk"] and doc["b"] is None
+    assert doc["stage"] == "advertised" and doc["c_sk"] and doc["s_sk"] and doc["b"]
     fed.share_keys()
     doc = round_trip(fed.session(1))
     assert doc["b"] and [row[0] for row in doc["peers"]] == IDS and [row[0] for row in doc["shares"]] == [1]
@@ -59,7 +60,7 @@ def test_malformed_state_is_refused(data, match):
 ])
 def test_tampered_state_fields_are_refused(field, value, match):
     s = ClientSession(5, server_round=1, threshold=2, clip_range=1.0, quant_bits=8)
-    s.advertise_keys()
+    s.advertise_keys(consortium(["hospital_5"])["hospital_5"])
     doc = json.loads(s.to_bytes()) | {field: value}
     with pytest.raises(ValueError, match=match):
         ClientSession.from_bytes(json.dumps(doc).encode())

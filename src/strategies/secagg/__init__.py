@@ -10,10 +10,11 @@ from .client import ClientSession
 from .encoding import check_modulus, dequantize_mean, encode, error_bound, quantize
 from .errors import BelowThresholdError, SecAggError
 from .graph import circulant_neighbours, default_num_shares, default_threshold
+from .identity import Identity, RoundKeys
 from .server import Rejection, ServerSession
 
 __all__ = [
-    "BelowThresholdError", "ClientSession", "Rejection", "SecAggError", "ServerSession", "check_modulus",
+    "BelowThresholdError", "ClientSession", "Identity", "RoundKeys", "Rejection", "SecAggError", "ServerSession", "check_modulus",
     "circulant_neighbours", "default_num_shares", "default_threshold", "dequantize_mean",
     "encode", "error_bound", "quantize",
 ]

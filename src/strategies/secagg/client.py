@@ -4,11 +4,17 @@ Each stage is one method; the Flower ClientApp handler calls it with what the
 server sent, returns what it gives back, and keeps `to_bytes()` in Context.state
 until the next message (`ClientSession.from_bytes`).
 
-    session = ClientSession(node_id, **server_session.client_config())
-    c_pk, s_pk = session.advertise_keys()
-    ciphertexts = session.share_keys({peer: (c_pk, s_pk), ...})    # -> {dst: bytes}
-    masked = session.masked_input({src: bytes, ...}, update, n)    # -> uint64[L + 1]
-    b_shares, sk_shares = session.unmask(survivors, dropped)       # -> {node: bytes}, {node: bytes}
+    session = ClientSession(node_id, **server_session.client_config(), run_id=..., min_threshold=...)
+    keys = session.advertise_keys(identity)                         # -> RoundKeys (signed)
+    ciphertexts = session.share_keys({peer: RoundKeys, ...}, identity)   # -> {dst: bytes}
+    masked = session.masked_input({src: bytes, ...}, update, n)     # -> uint64[L + 1]
+    signature = session.sign_survivors(survivors, identity)         # consistency check
+    b_shares, sk_shares = session.unmask(survivors, dropped, {node: signature}, identity)
+
+The hospital's own policy (`min_threshold`, `min_survivors`) is checked here, never
+taken from the server: a threshold below max(min_threshold, a strict majority of the
+neighbours it shares with) or a survivor list shorter than max(threshold,
+min_survivors) is refused.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ import numpy as np
 
 from .encoding import check_params, encode
 from .errors import BelowThresholdError, SecAggError
+from .identity import Identity, RoundKeys, commitment, survivors_message
 from .keys import (
-    KEY_BYTES,
     decrypt_shares,
     encrypt_shares,
     generate_keypair,
@@ -40,14 +46,18 @@ class ClientSession:
     """One hospital, one round. Refuses stages out of order and requests that would unmask it."""
 
     def __init__(self, node_id: int, server_round: int, threshold: int, clip_range: float, quant_bits: int,
-                 vector_length: int | None = None):
+                 vector_length: int | None = None, *, run_id: int = 0, min_threshold: int = 2,
+                 min_survivors: int = 2):
         check_params(clip_range, quant_bits)
-        for value in (node_id, server_round):
-            u64(value)  # both travel as 8 bytes in keys and associated data
-        if int(threshold) < 1:
-            raise ValueError(f"strategy.threshold: expected at least 1, got {threshold!r}")
+        for value in (node_id, server_round, run_id):
+            u64(value)  # they travel as 8 bytes in keys, signatures and associated data
+        if int(threshold) < max(2, int(min_threshold)):
+            raise SecAggError(f"hospital {node_id}: refusing round {server_round}: threshold {threshold} is below "
+                              f"this hospital's policy (hospital.min_threshold={min_threshold}, and at least 2)")
         self.state = ClientState(int(node_id), int(server_round), int(threshold), float(clip_range),
-                                 int(quant_bits), None if vector_length is None else int(vector_length))
+                                 int(quant_bits), None if vector_length is None else int(vector_length),
+                                 run_id=int(run_id), min_threshold=int(min_threshold),
+                                 min_survivors=int(min_survivors))
 
     # -- serialization --------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -75,37 +85,58 @@ class ClientSession:
                               f"expected {stage!r})")
 
     # -- stage 1 --------------------------------------------------------------------
-    def advertise_keys(self) -> tuple[bytes, bytes]:
-        """Fresh X25519 pairs: returns (c_pk for share encryption, s_pk for pairwise masks)."""
+    def advertise_keys(self, identity: Identity) -> RoundKeys:
+        """Fresh X25519 pairs (c_pk for share encryption, s_pk for pairwise masks), a fresh self-mask
+        seed b and a commitment to it, all signed with the hospital's identity key."""
         self._expect("new")
         st = self.state
         st.c_sk, c_pk = generate_keypair()
         st.s_sk, s_pk = generate_keypair()
+        st.b = os.urandom(32)
+        unsigned = RoundKeys(identity.name, c_pk, s_pk, commitment(st.b, st.round, self.node_id), b"")
+        message = unsigned.message(st.run_id, st.round, self.node_id, st.threshold)
         st.stage = "advertised"
-        return c_pk, s_pk
+        return RoundKeys(**{**unsigned.__dict__, "signature": identity.sign(message)})
 
     # -- stage 2 --------------------------------------------------------------------
-    def share_keys(self, public_keys: Mapping[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
-        """Shamir-share a fresh seed b and s_sk among the neighbours that advertised keys.
+    def share_keys(self, public_keys: Mapping[int, RoundKeys], identity: Identity) -> dict[int, bytes]:
+        """Shamir-share b and s_sk among the neighbours whose signed keys check out.
 
-        `public_keys`: {neighbour: (c_pk, s_pk)}, this hospital's own entry optional.
-        Returns {neighbour: ciphertext} for every neighbour but itself.
+        `public_keys`: {neighbour: RoundKeys}, this hospital's own entry optional. Every
+        entry must be signed, for this run, round, node and threshold, by a distinct
+        hospital of the roster: otherwise the server substituted, replayed or invented
+        keys, and the round is refused. Returns {neighbour: ciphertext} for every
+        neighbour but itself.
         """
         self._expect("advertised")
         st = self.state
-        own = (public_key_of(st.c_sk), public_key_of(st.s_sk))
-        peers = {}
+        peers, names = {}, {}
         for node, keys in public_keys.items():
-            c_pk, s_pk = keys
-            if not (isinstance(c_pk, bytes) and isinstance(s_pk, bytes) and len(c_pk) == len(s_pk) == KEY_BYTES):
-                raise SecAggError(f"hospital {self.node_id}: public keys of {node}: expected two {KEY_BYTES}-byte keys")
-            peers[int(node)] = (c_pk, s_pk)
-        if peers.setdefault(self.node_id, own) != own:
-            raise SecAggError(f"hospital {self.node_id}: the server sent back keys that are not this hospital's")
+            node = int(node)
+            if not (isinstance(keys, RoundKeys) and keys.well_formed()):
+                raise SecAggError(f"hospital {self.node_id}: malformed keys for neighbour {node}")
+            if node == self.node_id:
+                if (keys.c_pk, keys.s_pk) != (public_key_of(st.c_sk), public_key_of(st.s_sk)):
+                    raise SecAggError(f"hospital {self.node_id}: the server sent back keys that are not this "
+                                      "hospital's")
+            elif not identity.verify(keys.name, keys.signature, keys.message(st.run_id, st.round, node, st.threshold)):
+                raise SecAggError(f"hospital {self.node_id}: refusing round {st.round}: the keys of neighbour {node} "
+                                  f"(claiming to be {keys.name!r}) are not signed by a hospital of the roster for "
+                                  "this run, round and threshold (substituted, replayed or invented keys)")
+            peers[node], names[node] = (keys.c_pk, keys.s_pk), keys.name
+        peers.setdefault(self.node_id, (public_key_of(st.c_sk), public_key_of(st.s_sk)))
+        names.setdefault(self.node_id, identity.name)
+        if len(set(names.values())) != len(names):
+            raise SecAggError(f"hospital {self.node_id}: refusing round {st.round}: one hospital appears as several "
+                              "neighbours")
+        needed = max(st.min_threshold, len(peers) // 2 + 1)
         if len(peers) < st.threshold:
             raise BelowThresholdError(f"hospital {self.node_id}: {len(peers)} neighbours (itself included) "
                                       f"advertised keys, threshold {st.threshold}")
-        st.b = os.urandom(32)
+        if st.threshold < needed:
+            raise SecAggError(f"hospital {self.node_id}: refusing round {st.round}: threshold {st.threshold} is below "
+                              f"{needed}, a strict majority of its {len(peers)} share holders (or "
+                              f"hospital.min_threshold={st.min_threshold})")
         order = sorted(peers)
         b_shares = split_secret(st.b, st.threshold, len(order))
         sk_shares = split_secret(st.s_sk, st.threshold, len(order))
@@ -116,7 +147,7 @@ class ClientSession:
             else:
                 ciphertexts[node] = encrypt_shares(st.c_sk, peers[node][0], st.round, self.node_id, node,
                                                    b_share, sk_share)
-        st.peers = peers
+        st.peers, st.names = peers, names
         st.stage = "shared"
         return ciphertexts
 
@@ -164,27 +195,59 @@ class ClientSession:
         st.stage = "masked"
         return vector
 
+    # -- consistency check (Bonawitz et al. 2017) ------------------------------------------
+    def sign_survivors(self, survivors: Iterable[int], identity: Identity) -> bytes:
+        """Sign the survivor list the server announced; a second, different list is refused."""
+        self._expect("masked", "signed")
+        st = self.state
+        survivors = sorted({int(i) for i in survivors})
+        if st.survivors is not None and st.survivors != survivors:
+            raise SecAggError(f"hospital {self.node_id}: refusing to sign a second, different survivor list for "
+                              f"round {st.round}")
+        self._check_survivors(survivors)
+        st.survivors, st.stage = survivors, "signed"
+        return identity.sign(survivors_message(st.run_id, st.round, self.node_id, survivors))
+
+    def _check_survivors(self, survivors: list[int]) -> None:
+        st = self.state
+        if self.node_id not in survivors:
+            raise SecAggError(f"hospital {self.node_id}: refusing to unmask: not listed as a survivor although it "
+                              "sent its masked input")
+        needed = max(st.threshold, st.min_survivors)
+        if len(survivors) < needed:
+            raise BelowThresholdError(f"hospital {self.node_id}: refusing to unmask a sum of {len(survivors)} "
+                                      f"hospitals, at least {needed} needed (threshold {st.threshold}, "
+                                      f"hospital.min_survivors={st.min_survivors})")
+
     # -- stage 4 --------------------------------------------------------------------
-    def unmask(self, survivors: Iterable[int], dropped: Iterable[int]) -> tuple[dict[int, bytes], dict[int, bytes]]:
+    def unmask(self, survivors: Iterable[int], dropped: Iterable[int], signatures: Mapping[int, bytes],
+               identity: Identity) -> tuple[dict[int, bytes], dict[int, bytes]]:
         """Shares of b for surviving neighbours, of s_sk for dropped ones: ({node: share}, {node: share}).
 
-        Refuses (SecAggError) to reveal both kinds for one hospital, in this call or
-        across calls: b and s_sk together would unmask its update.
+        Only for the survivor list it signed, and only when at least `threshold` of its
+        surviving neighbours signed that same list (a server that told hospitals
+        different lists is caught here). Refuses (SecAggError) to reveal both kinds for
+        one hospital, in this call or across calls: b and s_sk together would unmask its update.
         """
-        self._expect("masked", "unmasked")
+        self._expect("signed", "unmasked")
         st = self.state
-        survivors, dropped = {int(i) for i in survivors}, {int(i) for i in dropped}
-        both = survivors & dropped
+        survivors, dropped = sorted({int(i) for i in survivors}), {int(i) for i in dropped}
+        if survivors != st.survivors:
+            raise SecAggError(f"hospital {self.node_id}: refusing to unmask: the survivor list differs from the "
+                              "one it signed")
+        both = set(survivors) & dropped
         if both:
             raise SecAggError(f"hospital {self.node_id}: refusing to unmask: {sorted(both)} listed as both "
                               "survivor and dropped")
-        if len(survivors) < st.threshold:
-            raise BelowThresholdError(f"hospital {self.node_id}: refusing to unmask a sum of {len(survivors)} "
-                                      f"hospitals, threshold {st.threshold}")
-        if self.node_id in dropped:
-            raise SecAggError(f"hospital {self.node_id}: refusing to unmask: listed as dropped although it "
-                              "sent its masked input")
-        wanted = {node: "b" for node in survivors & st.shares.keys()}
+        self._check_survivors(survivors)
+        signed = [n for n in survivors if n in st.names and isinstance(signatures.get(n), bytes)
+                  and identity.verify(st.names[n], signatures[n], survivors_message(st.run_id, st.round, n,
+                                                                                     survivors))]
+        if len(signed) < st.threshold:
+            raise SecAggError(f"hospital {self.node_id}: refusing to unmask: only {len(signed)} of its surviving "
+                              f"neighbours signed the survivor list it was given, threshold {st.threshold} (the "
+                              "server may have sent different lists)")
+        wanted = {node: "b" for node in set(survivors) & st.shares.keys()}
         wanted.update({node: "sk" for node in dropped & st.shares.keys()})
         changed = sorted(n for n, kind in wanted.items() if st.revealed.get(n, kind) != kind)
         if changed:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import SecAggError
+
 MODULUS_BITS = 64
 MAX_QUANT_BITS = 52  # float64 holds every integer below 2^53: quantisation stays exact
 _EXACT = np.uint64(1 << 53)
@@ -99,6 +101,22 @@ def encode(update: np.ndarray, num_examples: int, clip_range: float, quant_bits:
     _quantize_into(x, out[:-1], clip_range, quant_bits, n)
     out[-1] = n
     return out
+
+
+def check_range(total: np.ndarray, total_weight: int, contributors: int, quant_bits: int) -> None:
+    """Refuse an unmasked sum that honest inputs cannot produce: each n_i >= 1, so the total
+    weight is at least the number of contributors, and each coordinate sums n_i * q_i with
+    0 <= q_i <= 2^quant_bits - 1, so it is at most (2^quant_bits - 1) * total weight.
+
+    A hospital that adds anything else, or a wrong share that slipped through, gives a
+    sum that is out of range with overwhelming probability (masks are uniform mod 2^64).
+    """
+    if not contributors <= int(total_weight) < 1 << MODULUS_BITS:
+        raise SecAggError(f"the unmasked total weight {total_weight} is impossible for {contributors} hospitals")
+    limit = _levels(quant_bits) * int(total_weight)
+    if limit < 1 << MODULUS_BITS and np.asarray(total).size and int(np.asarray(total).max()) > limit:
+        raise SecAggError("the unmasked sum is out of range: a hospital added values outside the protocol's range, "
+                          "or a share was wrong")
 
 
 def dequantize_mean(

@@ -10,14 +10,21 @@ shares at any stage raise BelowThresholdError (the caller keeps the old model).
 
     server = ServerSession(rnd, participants, vector_length, clip_range=..., quant_bits=...)
     config = server.client_config()                           # to every participant
-    server.receive_public_keys(node, c_pk, s_pk)              # stage 1 answers
-    for node, keys in server.share_keys_requests().items():   # {node: {peer: (c_pk, s_pk)}}
+    server.receive_public_keys(node, round_keys)              # stage 1 answers (signed RoundKeys)
+    for node, keys in server.share_keys_requests().items():   # {node: {peer: RoundKeys}}
     server.receive_ciphertexts(node, {dst: ct})               # stage 2 answers
     for node, cts in server.masked_input_requests().items():  # {node: {src: ct}}
     server.receive_masked_vector(node, vector)                # stage 3 answers
-    survivors, dropped = server.unmask_request()              # to every survivor
+    survivors = server.consistency_request()                  # to every survivor, to sign
+    server.receive_signature(node, signature)                 # consistency answers
+    survivors, dropped, signatures = server.unmask_request()  # to every survivor
     server.receive_shares(node, b_shares, sk_shares)          # stage 4 answers
     total, total_weight = server.aggregate()                  # sum n_i q_i (uint64[L]), sum n_i
+
+Integrity: a rebuilt seed b must match the commitment its hospital signed in stage 1,
+a rebuilt mask key s_sk the public key it advertised, and the unmasked sum must lie
+in the range honest inputs can produce; anything else is a SecAggError (a wrong share,
+or a hospital that added what the protocol does not allow), and the round fails.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .encoding import check_params
+from .encoding import check_params, check_range
 from .errors import BelowThresholdError, SecAggError
 from .graph import (
     circulant_neighbours,
@@ -35,11 +42,12 @@ from .graph import (
     default_num_shares,
     default_threshold,
 )
-from .keys import KEY_BYTES, combine_secret, public_key_of, u64
+from .identity import SIGNATURE_BYTES, RoundKeys, commitment
+from .keys import combine_secret, public_key_of, u64
 from .masks import add_pairwise, add_self_mask, pairwise_seed
 
 log = logging.getLogger(__name__)
-STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask", "done")
+STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency", "unmask", "done")
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,8 @@ class ServerSession:
     """One round of SecAgg+ among `participants` (Flower node ids) on vectors of length `vector_length`."""
 
     def __init__(self, server_round: int, participants, vector_length: int, *, clip_range: float,
-                 quant_bits: int, num_shares: int | None = None, threshold: int | None = None):
+                 quant_bits: int, num_shares: int | None = None, threshold: int | None = None,
+                 min_survivors: int = 1):
         check_params(clip_range, quant_bits)
         self.round = int(server_round)
         u64(self.round)
@@ -71,11 +80,13 @@ class ServerSession:
         if not 2 <= self.threshold <= degree:
             raise ValueError(f"strategy.threshold: expected between 2 and the degree {degree} "
                              f"({n} hospitals), got {self.threshold}")
+        self.min_survivors = max(self.threshold, int(min_survivors))
         self.stage = STAGES[0]
         self.rejections: list[Rejection] = []
-        self.public_keys: dict[int, tuple[bytes, bytes]] = {}
+        self.public_keys: dict[int, RoundKeys] = {}
         self.ciphertexts: dict[int, dict[int, bytes]] = {}
         self.masked: set[int] = set()
+        self.signatures: dict[int, bytes] = {}
         self.shares: dict[int, tuple[dict[int, bytes], dict[int, bytes]]] = {}
         self._sent: dict[int, set[int]] = {}  # node -> the neighbours whose keys it was sent
         self._sum = np.zeros(self.vector_length + 1, dtype=np.uint64)
@@ -116,20 +127,23 @@ class ServerSession:
         return alive
 
     # -- stage 1: advertise keys ----------------------------------------------------------
-    def receive_public_keys(self, node: int, c_pk: bytes, s_pk: bytes) -> bool:
-        """A hospital's two X25519 public keys (32 bytes each): True if kept; False if rejected (logged, recorded in `rejections`)."""
+    def receive_public_keys(self, node: int, keys: RoundKeys) -> bool:
+        """A hospital's signed round keys: True if kept; False if rejected (logged, recorded in `rejections`).
+
+        The server relays the signature; the hospitals verify it against their roster."""
         if not self._admit("advertise_keys", node, self.public_keys, self.neighbours):
             return False
-        if not all(isinstance(k, bytes) and len(k) == KEY_BYTES for k in (c_pk, s_pk)):
-            return self.reject("advertise_keys", node, f"expected two {KEY_BYTES}-byte public keys")
-        seen = {k for pair in self.public_keys.values() for k in pair}
-        if c_pk == s_pk or c_pk in seen or s_pk in seen:
+        if not (isinstance(keys, RoundKeys) and keys.well_formed()):
+            return self.reject("advertise_keys", node, "expected a name, two 32-byte public keys, a 32-byte "
+                                                       "commitment and a 64-byte signature")
+        seen = {k for other in self.public_keys.values() for k in (other.c_pk, other.s_pk)}
+        if keys.c_pk == keys.s_pk or keys.c_pk in seen or keys.s_pk in seen:
             return self.reject("advertise_keys", node, "public key reused")
-        self.public_keys[node] = (c_pk, s_pk)
+        self.public_keys[node] = keys
         return True
 
-    def share_keys_requests(self) -> dict[int, dict[int, tuple[bytes, bytes]]]:
-        """Close stage 1: {node: {neighbour: (c_pk, s_pk)}} (itself included) for each hospital to ask."""
+    def share_keys_requests(self) -> dict[int, dict[int, RoundKeys]]:
+        """Close stage 1: {node: {neighbour: RoundKeys}} (itself included) for each hospital to ask."""
         alive = set(self._close("advertise_keys", self.public_keys))
         short = True
         while short:  # a hospital that cannot share t-of-n is left out, which may leave out others
@@ -178,20 +192,42 @@ class ServerSession:
         self.masked.add(node)
         return True
 
-    def unmask_request(self) -> tuple[list[int], list[int]]:
-        """Close stage 3: (survivors, dropped), the same for every survivor, who are the ones to ask."""
+    def consistency_request(self) -> list[int]:
+        """Close stage 3: the survivors, the same list to every survivor, each to sign it.
+
+        Refuses (BelowThresholdError) with fewer than max(threshold, min_survivors)
+        survivors: a sum over few hospitals, differenced with another round's, would
+        reveal one of them; a failed round releases nothing.
+        """
         self.survivors = self._close("masked_input", self.masked)
+        if len(self.survivors) < self.min_survivors:
+            raise BelowThresholdError(f"secagg round {self.round}: only {len(self.survivors)} hospitals sent masked "
+                                      f"inputs, at least {self.min_survivors} needed to unmask")
         self.dropped = sorted(set(self.ciphertexts) - self.masked)
         small = [sorted(g) for g in components(self.survivors, self.neighbours) if len(g) < self.threshold]
         if small:  # the server could read the sum of such a group on its own: refuse to unmask
             raise BelowThresholdError(f"secagg round {self.round}: dropouts cut the survivors into groups "
                                       f"smaller than the threshold {self.threshold}: {small}")
-        return list(self.survivors), list(self.dropped)
+        return list(self.survivors)
+
+    def receive_signature(self, node: int, signature: bytes) -> bool:
+        """A survivor's signature of the survivor list (the hospitals verify it)."""
+        if not self._admit("consistency", node, self.signatures, self.masked):
+            return False
+        if not (isinstance(signature, bytes) and len(signature) == SIGNATURE_BYTES):
+            return self.reject("consistency", node, f"expected a {SIGNATURE_BYTES}-byte signature")
+        self.signatures[node] = signature
+        return True
+
+    def unmask_request(self) -> tuple[list[int], list[int], dict[int, bytes]]:
+        """Close the consistency check: (survivors, dropped, {survivor: signature}) for every survivor."""
+        self._close("consistency", self.signatures)
+        return list(self.survivors), list(self.dropped), dict(self.signatures)
 
     # -- stage 4: unmask --------------------------------------------------------------------
     def receive_shares(self, node: int, b_shares: dict[int, bytes], sk_shares: dict[int, bytes]) -> bool:
         """{survivor: b share}, {dropped: s_sk share}: True if kept; False if rejected (logged, recorded in `rejections`)."""
-        if not self._admit("unmask", node, self.shares, self.masked):
+        if not self._admit("unmask", node, self.shares, self.signatures):
             return False
         near = set(self.neighbours[node])
         if not (isinstance(b_shares, dict) and isinstance(sk_shares, dict)):
@@ -229,14 +265,20 @@ class ServerSession:
         secrets = {(o, k): self._secret(o, k) for o, k in self._needed()}  # all checks before any expansion
         seeds = {o: secret for (o, k), secret in secrets.items() if k == 0}
         keys = {o: secret for (o, k), secret in secrets.items() if k == 1}
-        for d, s_sk in keys.items():  # a wrong share would otherwise give a silently wrong model
-            if public_key_of(s_sk) != self.public_keys[d][1]:
+        for u, b in seeds.items():  # a wrong share would otherwise give a silently wrong model
+            if commitment(b, self.round, u) != self.public_keys[u].commitment:
+                raise SecAggError(f"secagg round {self.round}: the shares of hospital {u}'s seed do not match its "
+                                  "commitment (a tampered or wrong share)")
+        for d, s_sk in keys.items():
+            if public_key_of(s_sk) != self.public_keys[d].s_pk:
                 raise SecAggError(f"secagg round {self.round}: the shares of hospital {d}'s mask key are inconsistent")
         total = self._sum.copy()
         for u, b in seeds.items():
             add_self_mask(total, b, sign=-1)
         for d, s_sk in keys.items():
             for u in survivors.intersection(self.neighbours[d]):
-                add_pairwise(total, pairwise_seed(s_sk, self.public_keys[u][1], self.round, u, d), u, d, sign=-1)
+                add_pairwise(total, pairwise_seed(s_sk, self.public_keys[u].s_pk, self.round, u, d), u, d, sign=-1)
         self.stage = "done"
-        return total[:-1], int(total[-1])
+        weight = int(total[-1])
+        check_range(total[:-1], weight, len(survivors), self.quant_bits)
+        return total[:-1], weight

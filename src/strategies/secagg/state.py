@@ -5,12 +5,15 @@ remember from one stage to the next (its private keys, its seed b, the shares it
 holds) goes into Context.state as bytes. Format: UTF-8 JSON, one object, no
 executable content (never pickle):
 
-    {"format": "fedcxr-secagg-client/1",
-     "node_id": int, "round": int, "threshold": int, "clip_range": float,
+    {"format": "fedcxr-secagg-client/2",
+     "node_id": int, "run_id": int, "round": int, "threshold": int, "clip_range": float,
      "quant_bits": int, "vector_length": int | null,
-     "stage": "new" | "advertised" | "shared" | "masked" | "unmasked",
+     "min_threshold": int, "min_survivors": int,   # the hospital's own policy, not the server's
+     "stage": "new" | "advertised" | "shared" | "masked" | "signed" | "unmasked",
      "c_sk": b64 | null, "s_sk": b64 | null, "b": b64 | null,   # wiped after masking
      "peers":    [[node, c_pk b64, s_pk b64], ...],   # neighbours' keys, itself included
+     "names":    [[node, hospital], ...],         # neighbours' roster names (their keys were signed)
+     "survivors": [node, ...] | null,             # the survivor list it signed (consistency check)
      "shares":   [[node, b-share b64, sk-share b64], ...],   # shares it holds, its own included
      "rejected": [[node, reason], ...],   # ciphertexts that failed authentication
      "revealed": [[node, "b" | "sk"], ...]}
@@ -26,8 +29,8 @@ import binascii
 import json
 from dataclasses import dataclass, field
 
-FORMAT = "fedcxr-secagg-client/1"
-STAGES = ("new", "advertised", "shared", "masked", "unmasked")
+FORMAT = "fedcxr-secagg-client/2"
+STAGES = ("new", "advertised", "shared", "masked", "signed", "unmasked")
 
 
 class StateError(ValueError):
@@ -42,12 +45,17 @@ class ClientState:
     clip_range: float
     quant_bits: int
     vector_length: int | None = None
+    run_id: int = 0
+    min_threshold: int = 2
+    min_survivors: int = 2
     stage: str = "new"
     c_sk: bytes | None = None
     s_sk: bytes | None = None
     b: bytes | None = None
     peers: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     shares: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)
+    survivors: list[int] | None = None
     rejected: dict[int, str] = field(default_factory=dict)
     revealed: dict[int, str] = field(default_factory=dict)
 
@@ -56,10 +64,13 @@ class ClientState:
             "format": FORMAT,
             "node_id": self.node_id, "round": self.round, "threshold": self.threshold,
             "clip_range": float(self.clip_range), "quant_bits": self.quant_bits,
-            "vector_length": self.vector_length, "stage": self.stage,
+            "vector_length": self.vector_length, "run_id": self.run_id, "min_threshold": self.min_threshold,
+            "min_survivors": self.min_survivors, "stage": self.stage,
             "c_sk": _enc(self.c_sk), "s_sk": _enc(self.s_sk), "b": _enc(self.b),
             "peers": [[k, _enc(c), _enc(s)] for k, (c, s) in sorted(self.peers.items())],
             "shares": [[k, _enc(b), _enc(s)] for k, (b, s) in sorted(self.shares.items())],
+            "names": [[k, v] for k, v in sorted(self.names.items())],
+            "survivors": self.survivors,
             "rejected": [[k, v] for k, v in sorted(self.rejected.items())],
             "revealed": [[k, v] for k, v in sorted(self.revealed.items())],
         }
@@ -84,10 +95,13 @@ class ClientState:
             node_id=_int(doc, "node_id"), round=_int(doc, "round"), threshold=_int(doc, "threshold"),
             clip_range=float(clip), quant_bits=_int(doc, "quant_bits"),
             vector_length=None if vector_length is None else _int(doc, "vector_length"),
-            stage=doc["stage"],
+            run_id=_int(doc, "run_id"), min_threshold=_int(doc, "min_threshold"),
+            min_survivors=_int(doc, "min_survivors"), stage=doc["stage"],
             c_sk=_dec(doc.get("c_sk"), "c_sk"), s_sk=_dec(doc.get("s_sk"), "s_sk"), b=_dec(doc.get("b"), "b"),
             peers={k: (_req(c, "peers"), _req(s, "peers")) for k, c, s in _rows(doc, "peers", 3)},
             shares={k: (_req(b, "shares"), _req(s, "shares")) for k, b, s in _rows(doc, "shares", 3)},
+            names={k: _str(v, "names") for k, v in _rows(doc, "names", 2)},
+            survivors=_survivors(doc.get("survivors")),
             rejected={k: _str(v, "rejected") for k, v in _rows(doc, "rejected", 2)},
             revealed={k: _kind(v) for k, v in _rows(doc, "revealed", 2)},
         )
@@ -126,6 +140,14 @@ def _str(value, name: str) -> str:
     if not isinstance(value, str):
         raise StateError(f"secagg client state: {name}: expected text")
     return value
+
+
+def _survivors(value) -> list[int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise StateError("secagg client state: survivors: expected a list of node ids")
+    return [_int({"node": v}, "node") for v in value]
 
 
 def _kind(value) -> str:

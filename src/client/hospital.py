@@ -1,0 +1,70 @@
+"""What a hospital decides for itself: its files, its policy and its identity, from its own node config.
+
+The server's run config says what the consortium asks for; the hospital's node config
+(set by the hospital on its own SuperNode, `flower-supernode --node-config ...`) says
+what the hospital accepts. Everything a lying server could abuse is read from here:
+
+    hospital, manifest, threads             its name, its part of the split, its cores
+    identity-key, roster                    its Ed25519 identity key, the consortium's roster
+    require-secure-aggregation              refuse to send an update that is not masked
+    min-threshold                           refuse a secure-aggregation threshold below it
+    min-survivors                           refuse to unmask a sum of fewer hospitals
+    max-epsilon                             the ledger never goes past it
+
+Missing policy keys take the strict side (masking required, thresholds of at least 2).
+Flower's simulation engine gives a virtual node only `partition-id`, so there the
+launcher writes the same settings to `hospitals/<name>.node.json`, the stand-in for
+that hospital's node config.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import Context
+
+from src.data.federation import Federation
+
+
+def node_settings(context: Context) -> dict:
+    """This hospital's own settings: its node config, or the simulation's stand-in for it."""
+    if "manifest" in context.node_config:
+        return dict(context.node_config)
+    run_dir = Path(str(context.run_config["run-dir"]))
+    name = Federation.load(run_dir / "split.json").hospitals[int(context.node_config["partition-id"])]
+    return json.loads((run_dir / "hospitals" / f"{name}.node.json").read_text())
+
+
+@dataclass(frozen=True)
+class Policy:
+    require_secure_aggregation: bool = True
+    min_threshold: int = 2
+    min_survivors: int = 2
+    max_epsilon: float | None = None
+
+    @classmethod
+    def of(cls, settings: dict) -> Policy:
+        max_epsilon = settings.get("max-epsilon")
+        return cls(require_secure_aggregation=bool(settings.get("require-secure-aggregation", True)),
+                   min_threshold=max(2, int(settings.get("min-threshold", 2))),
+                   min_survivors=max(2, int(settings.get("min-survivors", 2))),
+                   max_epsilon=None if max_epsilon is None else float(max_epsilon))
+
+
+class PolicyRefusal(RuntimeError):
+    """The server asked for something this hospital's policy does not allow."""
+
+
+def policy(context: Context) -> Policy:
+    return Policy.of(node_settings(context))
+
+
+def identity(context: Context):
+    """The hospital's identity and the roster it checks its neighbours against."""
+    from src.strategies.secagg import Identity
+
+    settings = node_settings(context)
+    return Identity.load(str(settings["hospital"]), Path(str(settings["identity-key"])),
+                         Path(str(settings["roster"])))

@@ -1,0 +1,188 @@
+"""A server that lies, against the hospitals' real stage handlers: every attack is refused.
+
+The strategy is the honest one; `Hospitals.lies` rewrites what it sends on the way, as a
+malicious server would: substituted, invented or replayed keys, a lowered threshold,
+different survivor lists to different hospitals, a sum over too few hospitals. The
+hospitals enforce their own policy from their node config (`src/client/hospital.py`).
+"""
+
+from __future__ import annotations
+
+import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from src.server.rounds import RoundFailed, run_rounds
+from src.strategies.secagg import BelowThresholdError, RoundKeys, SecAggError
+from src.strategies.secagg.identity import consortium
+from src.strategies.secagg.keys import generate_keypair
+from src.strategies.secure import peers_keys, peers_record
+from tests.strategies.federation_grid import (  # noqa: F401  (fixtures)
+    NODES,
+    Hospitals,
+    consortium_dir,
+    run_round,
+    server_identity,
+    start_model,
+    strategy,
+)
+
+TARGET = NODES[0]
+
+
+def rewritten(msg: Message, **records) -> Message:
+    """The same message with some records replaced (the strategy's records are shared: never edit them)."""
+    return Message(content=RecordDict({**msg.content, **records}), dst_node_id=msg.metadata.dst_node_id,
+                   message_type=msg.metadata.message_type, group_id=msg.metadata.group_id)
+
+
+def refusals(grid: Hospitals, node: int) -> list[str]:
+    return [r.error.reason for r in grid.replies if r.has_error() and r.metadata.src_node_id == node]
+
+
+def server_owned_keys(name: str, signer=None) -> RoundKeys:
+    """Keys the server holds the private halves of, signed by an identity that is not on the roster."""
+    (_, c_pk), (_, s_pk) = generate_keypair(), generate_keypair()
+    unsigned = RoundKeys(name, c_pk, s_pk, bytes(32), b"")
+    signer = signer or consortium([name])[name]
+    return RoundKeys(name, c_pk, s_pk, bytes(32), signer.sign(unsigned.message(1, 1, 99, 3)))
+
+
+@pytest.mark.parametrize("attack", ["substitute", "invent"])
+def test_substituted_or_invented_neighbours_are_refused(consortium_dir, attack):
+    grid, s = Hospitals(consortium_dir), strategy(1)
+
+    def lie(msg):
+        if msg.metadata.dst_node_id != TARGET:
+            return msg
+        record = msg.content["peers"]
+        keys = peers_keys(record)
+        if attack == "substitute":  # hospital_22's keys replaced by the server's own
+            keys[NODES[1]] = server_owned_keys("hospital_22")
+        else:  # a neighbour that does not exist
+            keys[99] = server_owned_keys("hospital_99")
+        return rewritten(msg, peers=peers_record(int(record["round"]), keys))
+
+    grid.lies["train.secagg_share"] = lie
+    run_round(s, grid, 1, start_model())  # the others go on without the target
+    [reason] = refusals(grid, TARGET)
+    assert "not signed by a hospital of the roster" in reason
+    assert s.rounds[1]["secure_aggregation"]["left_out"] == [f"hospital_{TARGET}"]
+    assert (1, TARGET) not in grid.trained  # it never trained, never shared a secret with the server's keys
+
+
+def test_keys_replayed_from_an_earlier_round_are_refused(consortium_dir):
+    grid, s, arrays = Hospitals(consortium_dir), strategy(2), start_model()
+    seen = {}
+
+    def remember(msg):
+        seen.update(peers_keys(msg.content["peers"]))
+        return msg
+
+    grid.lies["train.secagg_share"] = remember
+    arrays = run_round(s, grid, 1, arrays)
+    old = seen[NODES[1]]
+
+    def replay(msg):  # round 2's keys travel on round 1's unmask exchange
+        if "peers" not in msg.content or msg.metadata.dst_node_id != TARGET:
+            return msg
+        record = msg.content["peers"]
+        keys = peers_keys(record)
+        keys[NODES[1]] = old
+        return rewritten(msg, peers=peers_record(int(record["round"]), keys))
+
+    grid.lies = {"train.secagg_unmask": replay, "train.secagg_share": replay}
+    s.prepared = None  # round 2 shares its keys on its own, through the lie
+    run_round(s, grid, 2, arrays)
+    assert any("not signed by a hospital of the roster for this run, round" in r for r in refusals(grid, TARGET))
+    assert (2, TARGET) not in grid.trained
+
+
+def test_a_threshold_below_a_strict_majority_is_refused(consortium_dir):
+    """threshold 2 of 5: two disjoint groups of neighbours could each rebuild one secret."""
+    grid = Hospitals(consortium_dir)
+    with pytest.raises(BelowThresholdError):
+        run_round(strategy(1, threshold=2), grid, 1, start_model())
+    assert all("below 3, a strict majority of its 5 share holders" in r.error.reason
+               for r in grid.replies if r.has_error())
+    assert not grid.trained
+
+
+def test_a_threshold_below_the_hospitals_own_minimum_is_refused_at_once(consortium_dir):
+    grid = Hospitals(consortium_dir, **{"min-threshold": 4})
+    with pytest.raises(BelowThresholdError):
+        run_round(strategy(1), grid, 1, start_model())  # the strategy's default: 3 of 5
+    assert grid.sent == [(1, "train.secagg_setup")]
+    assert all("hospital.min_threshold=4" in r.error.reason for r in grid.replies)
+
+
+def test_different_survivor_lists_never_yield_both_secrets_of_a_hospital(consortium_dir):
+    """The server tells the target and one other hospital that everyone survived, and the other three
+    that the target dropped: it wants the target's seed b from the first group and its mask key from
+    the second. The consistency check stops the first group; the target's update stays masked."""
+    grid, s = Hospitals(consortium_dir), strategy(1)
+    told_dropped = set(NODES[2:])
+    lists = {}
+
+    def split_consistency(msg):
+        node, ask = msg.metadata.dst_node_id, msg.content["consistency"]
+        survivors = [n for n in ask["survivors"] if node not in told_dropped or n != TARGET]
+        lists[node] = survivors
+        return rewritten(msg, consistency=ConfigRecord({"round": ask["round"], "survivors": survivors}))
+
+    def split_unmask(msg):
+        node, ask = msg.metadata.dst_node_id, msg.content["unmask"]
+        dropped = [TARGET] if node in told_dropped else []
+        return rewritten(msg, unmask=ConfigRecord({**ask, "survivors": lists[node], "dropped": dropped}))
+
+    grid.lies = {"train.secagg_consistency": split_consistency, "train.secagg_unmask": split_unmask}
+    with pytest.raises(SecAggError):
+        run_round(s, grid, 1, start_model())
+    revealed = [r.content for r in grid.replies if not r.has_error() and "b" in r.content]
+    b_of_target = sum(TARGET in list(c["b"]["nodes"]) for c in revealed)
+    sk_of_target = sum(TARGET in list(c["sk"]["nodes"]) for c in revealed)
+    threshold = s.current.threshold
+    assert not (b_of_target >= threshold and sk_of_target >= threshold)
+    assert b_of_target == 0  # the target and its ally saw too few signatures on their list
+    assert any("signed the survivor list" in r for r in refusals(grid, TARGET))
+
+
+def test_no_unmasking_below_min_hospitals_at_the_server(consortium_dir):
+    grid, s = Hospitals(consortium_dir), strategy(1, n=5)
+    grid.behaviour[(1, NODES[2])] = "vanish at train"
+    with pytest.raises(BelowThresholdError, match="at least 5 needed to unmask"):
+        run_round(s, grid, 1, start_model())
+    assert (1, "train.secagg_unmask") not in grid.sent and (1, "train.secagg_consistency") not in grid.sent
+
+
+def test_no_unmasking_below_a_hospitals_own_minimum_whatever_the_server_asks(consortium_dir):
+    """A server configured (or lying) with min_hospitals 2: the hospitals' policy says 5."""
+    grid, s = Hospitals(consortium_dir, **{"min-survivors": 5}), strategy(1, n=2)
+    grid.behaviour[(1, NODES[2])] = "vanish at train"
+    with pytest.raises(SecAggError):
+        run_round(s, grid, 1, start_model())
+    assert all("hospital.min_survivors=5" in r.error.reason for r in grid.replies[-4:])
+    assert not any("b" in r.content for r in grid.replies if not r.has_error())
+
+
+def test_a_tampered_share_fails_the_round_cleanly_and_releases_no_model(consortium_dir):
+    grid, s = Hospitals(consortium_dir), strategy(1)
+    original = grid.send_and_receive
+
+    def tampering(messages, *, timeout=None):
+        replies = original(messages, timeout=timeout)
+        for reply in replies:
+            if not reply.has_error() and "b" in reply.content and reply.metadata.src_node_id == NODES[1]:
+                b = reply.content["b"]
+                shares = [bytes(x) for x in b["shares"]]
+                first = bytearray(shares[0])
+                first[5] ^= 1
+                b["shares"] = [bytes(first), *shares[1:]]
+        return replies
+
+    grid.send_and_receive = tampering
+    grid.round = 1
+    published = []
+    with pytest.raises(RoundFailed, match="commitment|inconsistent|reconstruction"):
+        run_rounds(s, grid, start_model(), range(1, 2), min_answers=2, timeout=10, train_config=ConfigRecord(),
+                   on_round=lambda r, arrays: published.append(r), on_evaluated=lambda r: None)
+    assert published == []

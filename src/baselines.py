@@ -26,15 +26,15 @@ from pathlib import Path
 import torch
 
 from src.client.privacy import plan
-from src.client.training import make_loader, predict, resolve_device, train_epochs
+from src.client.training import local_training_view, predict_samples, resolve_device, train_epochs
 from src.data.federation import Federation
 from src.data.layouts import Sample
 from src.metrics import classification_metrics
-from src.models.registry import build_model
+from src.models.initial import load_initial_model
 from src.server.report import HEADLINE
 
 
-def _train(cfg, initial: torch.nn.Module, samples: list[Sample], epochs: int, device) -> torch.nn.Module:
+def _train(cfg, initial: torch.nn.Module, samples: list[Sample], epochs: int, device, cache: Path) -> torch.nn.Module:
     """A copy of `initial` trained on `samples`, seeded once with `cfg.seed` so it does not
     depend on which baselines were trained before it; under `privacy=dp` with the
     federation's privacy settings (the same target ε over the same number of epochs)."""
@@ -42,17 +42,18 @@ def _train(cfg, initial: torch.nn.Module, samples: list[Sample], epochs: int, de
         raise ValueError("baselines: a model has no training image")
     torch.manual_seed(int(cfg.seed))
     model = copy.deepcopy(initial)
-    loader = make_loader(samples, cfg.data, True, int(cfg.federation.batch_size), int(cfg.seed))
+    trained_part, loader = local_training_view(model, samples, cfg.data, int(cfg.federation.batch_size),
+                                               int(cfg.seed), device, cache)
     dp = plan(cfg.privacy, cfg.federation, len(samples)) if cfg.privacy.name == "dp" else None
-    train_epochs(model, loader, epochs, float(cfg.federation.lr), device, dp=dp,
-                 grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "hooks")))
+    train_epochs(trained_part, loader, epochs, float(cfg.federation.lr), device, dp=dp,
+                 grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "hooks")),
+                 optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum))
     return model
 
 
-def _evaluate(cfg, model, samples: list[Sample], classes: list[str], device) -> dict:
+def _evaluate(cfg, model, samples: list[Sample], classes: list[str], device, cache: Path) -> dict:
     """classification_metrics on `samples`, loaded as the ServerApp loads the pooled test set."""
-    loader = make_loader(samples, cfg.data, False, int(cfg.federation.batch_size), int(cfg.seed))
-    labels, probs = predict(model, loader, device)
+    labels, probs = predict_samples(model, samples, cfg.data, int(cfg.federation.batch_size), device, cache)
     return classification_metrics(labels, probs, classes)
 
 
@@ -68,23 +69,23 @@ def run_baselines(cfg, run_dir: Path, progress: Callable[[str], None] | None = N
     classes = federation.classes
     epochs = int(cfg.federation.rounds) * int(cfg.federation.local_epochs)
     device = resolve_device(cfg.device)
-    torch.manual_seed(int(cfg.seed))  # as the ServerApp seeds: the federation's initial global model
-    initial = build_model(cfg.model, len(classes))
+    initial = load_initial_model(cfg, len(classes), run_dir)  # the federation's initial global model
+    cache = run_dir / "features"  # a fixed front end's features, shared with the ServerApp's
     pooled_test = federation.select(split="test")
 
     train = federation.select(split="train")
     say(f"baseline centralized: {epochs} epochs on {len(train)} pooled training images")
-    model = _train(cfg, initial, train, epochs, device)
+    model = _train(cfg, initial, train, epochs, device, cache)
     out = {"budget_epochs": epochs,
-           "centralized": {"pooled": _evaluate(cfg, model, pooled_test, classes, device)},
+           "centralized": {"pooled": _evaluate(cfg, model, pooled_test, classes, device, cache)},
            "local": {}}
     for hospital in federation.hospitals:
         train = federation.select(hospital, "train")
         say(f"baseline local-only {hospital}: {epochs} epochs on {len(train)} training images")
-        model = _train(cfg, initial, train, epochs, device)
+        model = _train(cfg, initial, train, epochs, device, cache)
         out["local"][hospital] = {
-            "own": _evaluate(cfg, model, federation.select(hospital, "test"), classes, device),
-            "pooled": _evaluate(cfg, model, pooled_test, classes, device),
+            "own": _evaluate(cfg, model, federation.select(hospital, "test"), classes, device, cache),
+            "pooled": _evaluate(cfg, model, pooled_test, classes, device, cache),
         }
     (run_dir / "baselines.json").write_text(json.dumps(out, indent=1))
     say(f"baselines: {run_dir / 'baselines.json'}")

@@ -84,7 +84,8 @@ def train(msg: Message, context: Context) -> Message:
     import torch
 
     from src.client import privacy
-    from src.client.training import make_loader, resolve_device, train_epochs
+    from src.client.training import local_training_view, resolve_device, train_epochs
+    from src.models.registry import trained_keys
     from src.strategies.secure import flatten
 
     _share_cpu(context)
@@ -102,7 +103,7 @@ def train(msg: Message, context: Context) -> Message:
     records = {}
     if "evaluate-round" in msg.content["config"]:  # the global model received, before training changes it
         # a ConfigRecord: Flower's FedAvg wants exactly one MetricRecord (the training metrics) per answer
-        records["evaluation"] = ConfigRecord(_evaluate(cfg, data, msg))
+        records["evaluation"] = ConfigRecord(_evaluate(cfg, data, msg, context))
     dp, ledger = None, None
     if cfg.privacy.name == "dp":
         dp = privacy.plan(cfg.privacy, cfg.federation, len(samples), max_epsilon=rules.max_epsilon)
@@ -114,14 +115,16 @@ def train(msg: Message, context: Context) -> Message:
                 records |= secure_aggregation.decline(msg, context)
             return _reply(msg, hospital, {}, records, declined=refusal)
         dp = replace(dp, noise_multiplier=ledger.sigma(dp))
-    model = _model(cfg, data.classes, msg)
-    # augmentation and shuffling stay seeded (reproducible); DP's sampling and noise never are (training.py)
-    loader = make_loader(samples, cfg.data, True, int(cfg.federation.batch_size), int(cfg.seed) + server_round)
+    model, device = _model(cfg, data.classes, msg), resolve_device(cfg.device)
     start = time.perf_counter()
+    # augmentation and shuffling stay seeded (reproducible); DP's sampling and noise never are (training.py)
+    trained_part, loader = local_training_view(model, samples, cfg.data, int(cfg.federation.batch_size),
+                                               int(cfg.seed) + server_round, device, features_cache(context))
     loss, steps = train_epochs(
-        model, loader, int(cfg.federation.local_epochs), float(cfg.federation.lr), resolve_device(cfg.device),
+        trained_part, loader, int(cfg.federation.local_epochs), float(cfg.federation.lr), device,
         proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
         dp=dp, grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "hooks")),
+        optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum),
     )
     metrics = {"train_loss": loss, "num-examples": len(samples), "train_seconds": time.perf_counter() - start}
     _log_training(manifest(context).with_name(f"{hospital}.training.jsonl"), server_round, metrics, steps)
@@ -130,7 +133,8 @@ def train(msg: Message, context: Context) -> Message:
         records["privacy"] = ConfigRecord(ledger.report(dp, secure))
     trained = ArrayRecord(model.cpu().state_dict())
     if secure:  # only the masked sum may tell the server anything about the training data: no metrics
-        update = flatten(trained) - flatten(msg.content["arrays"])
+        keys = trained_keys(model)
+        update = flatten(trained, keys) - flatten(msg.content["arrays"], keys)
         records |= secure_aggregation.contribute(msg, context, update, len(samples))
         metrics = {}
     else:
@@ -159,15 +163,19 @@ def flatten(metrics: dict) -> dict:
     return flat
 
 
-def _evaluate(cfg, data: Federation, msg: Message) -> dict:
+def features_cache(context: Context) -> Path:
+    """Where this hospital caches a fixed front end's features: beside its manifest, on its own disk."""
+    return manifest(context).parent / "features"
+
+
+def _evaluate(cfg, data: Federation, msg: Message, context: Context) -> dict:
     """The received model on this hospital's own test split."""
-    from src.client.training import make_loader, predict, resolve_device
+    from src.client.training import predict_samples, resolve_device
     from src.metrics import classification_metrics
 
-    samples = data.select(split="test")
     model = _model(cfg, data.classes, msg)
-    loader = make_loader(samples, cfg.data, False, int(cfg.federation.batch_size), int(cfg.seed))
-    labels, probs = predict(model, loader, resolve_device(cfg.device))
+    labels, probs = predict_samples(model, data.select(split="test"), cfg.data, int(cfg.federation.batch_size),
+                                    resolve_device(cfg.device), cache_dir=features_cache(context))
     return flatten(classification_metrics(labels, probs, data.classes))
 
 
@@ -176,4 +184,4 @@ def evaluate(msg: Message, context: Context) -> Message:
     """The last round's model (earlier ones are evaluated at the start of the next train message)."""
     _share_cpu(context)
     data = hospital_data(context)
-    return _reply(msg, data.hospitals[0], _evaluate(from_run_config(context.run_config), data, msg))
+    return _reply(msg, data.hospitals[0], _evaluate(from_run_config(context.run_config), data, msg, context))

@@ -1,17 +1,21 @@
-"""Local training and prediction on one hospital's images (plain PyTorch loops on MONAI data)."""
+"""Local training and prediction on one hospital's images (plain PyTorch loops on MONAI data).
+
+MONAI is imported only where images are read (`make_loader`): a model whose fixed
+front end's features are cached (src/client/features.py) trains and evaluates without it.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import DataLoader
 from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
 
+from src.client.features import raw_features
 from src.client.privacy import Plan
-from src.data.dataset import make_dataset
 from src.data.layouts import Sample
 
 
@@ -22,13 +26,63 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_loader(samples: list[Sample], data_cfg, train: bool, batch_size: int, seed: int) -> DataLoader:
-    """num_workers=0: worker processes inside Flower's ClientApp and Ray actors are fragile."""
+def make_loader(samples: list[Sample], data_cfg, train: bool, batch_size: int, seed: int):
+    """A MONAI DataLoader; num_workers=0: worker processes inside Flower's ClientApp and Ray actors are fragile."""
+    from monai.data import DataLoader
+
+    from src.data.dataset import make_dataset
+
     generator = torch.Generator().manual_seed(seed)
     dataset = make_dataset(samples, data_cfg, train=train)
     if train:
         dataset.transform.set_random_state(seed=seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=0, generator=generator)
+
+
+class _Features(torch.utils.data.Dataset):
+    """Precomputed features, served as the image loaders serve images (`{"image", "label"}`)."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.features[i], "label": self.labels[i]}
+
+
+def local_training_view(model, samples: list[Sample], data_cfg, batch_size: int, seed: int, device,
+                        cache_dir: Path | None = None):
+    """(module to train, loader to train it on).
+
+    A model with a fixed front end (`front_end`, no trainable parameters) trains only
+    its `head`, on the front end's features of the un-augmented images (cached in
+    `cache_dir`): recomputing a fixed transform every step would only cost time, and
+    under DP the head's gradients are all that is clipped and noised. Any other model
+    trains whole, on augmented images.
+    """
+    front_end = getattr(model, "front_end", None)
+    if front_end is None:
+        return model, make_loader(samples, data_cfg, True, batch_size, seed)
+    raw, labels = raw_features(front_end, samples, data_cfg, cache_dir, device)
+    with torch.no_grad():
+        features = front_end.project(raw.to(device)).cpu()
+    return model.head, torch.utils.data.DataLoader(_Features(features, labels), batch_size=batch_size, shuffle=True,
+                                                   generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def predict_samples(model, samples: list[Sample], data_cfg, batch_size: int, device,
+                    cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and softmax probabilities of `samples` (through cached features for a fixed front end)."""
+    front_end = getattr(model, "front_end", None)
+    if front_end is None:
+        return predict(model, make_loader(samples, data_cfg, False, batch_size, 0), device)
+    raw, labels = raw_features(front_end, samples, data_cfg, cache_dir, device)
+    model.to(device).eval()
+    logits = model.head(front_end.project(raw.to(device)))
+    return labels.numpy(), torch.softmax(logits, dim=1).cpu().numpy()
 
 
 def secret_generator(device) -> torch.Generator:
@@ -47,8 +101,10 @@ def secret_generator(device) -> torch.Generator:
 
 
 def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: float = 0.0,
-                 dp: Plan | None = None, grad_sample_mode: str = "hooks") -> tuple[float, int]:
-    """Adam for `epochs` epochs; returns the last epoch's mean loss and the optimizer steps taken.
+                 dp: Plan | None = None, grad_sample_mode: str = "hooks", optimizer: str = "adam",
+                 momentum: float = 0.0) -> tuple[float, int]:
+    """`epochs` epochs of Adam or SGD (with `momentum`), fresh each call; returns the last epoch's mean
+    loss and the optimizer steps taken.
 
     With `dp`, Opacus DP-SGD: Poisson sampling (expected batch = the loader's), each
     sample's gradient clipped to `dp.max_grad_norm`, Gaussian noise of σ·C; sampling
@@ -59,7 +115,12 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
     term its gradient would be dropped by Opacus' per-sample clipping).
     """
     model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    if optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    elif optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    else:
+        raise ValueError(f"federation.optimizer: expected adam or sgd, got {optimizer!r}")
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     criterion = torch.nn.CrossEntropyLoss()
     net = model
@@ -76,7 +137,8 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
     for _ in range(epochs):
         total, n = 0.0, 0
         for batch in loader:
-            images, labels = batch["image"].to(device), torch.as_tensor(batch["label"]).to(device)
+            images, labels = _images_and_labels(batch, loader.dataset)
+            images, labels = images.to(device), labels.to(device)
             optimizer.zero_grad()
             loss = criterion(net(images), labels)
             loss.backward()
@@ -92,6 +154,14 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
     if dp is not None:
         net.remove_hooks()  # the caller gets its plain model back
     return last, steps
+
+
+def _images_and_labels(batch, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's tensors. Opacus' Poisson loader answers an empty *first* batch with a list instead of the
+    dataset's structure (opacus/data_loader.py, CollateFnWithEmpty): that is a batch of zero images."""
+    if isinstance(batch, dict):
+        return batch["image"], torch.as_tensor(batch["label"])
+    return torch.zeros((0, *dataset[0]["image"].shape)), torch.zeros(0, dtype=torch.long)
 
 
 @torch.no_grad()

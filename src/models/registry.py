@@ -37,6 +37,7 @@ from opacus.validators import ModuleValidator
 from torch import Tensor, nn
 
 from src.models.grouped_conv import use_grouped_conv
+from src.models.scattering import ScatterLinear
 from src.models.small_cnn import SmallCNN
 
 
@@ -165,13 +166,31 @@ def densenet121(num_classes: int, dropout: float = 0.0, norm_groups: int = 32) -
     )
 
 
+# --- scatter_linear (Tramèr & Boneh 2021) ----------------------------------------------
+
+
+def scatter_linear(num_classes: int, image_size: int = 64, J: int = 3, L: int = 8, pool: int = 4,
+                   components: int | None = 64) -> nn.Module:
+    """Fixed wavelet-scattering features and a linear head: the model that learns under DP on a few
+    hundred images per hospital (src/models/scattering.py)."""
+    return ScatterLinear(num_classes, image_size, J=J, L=L, pool=pool, components=components)
+
+
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "scatter_linear": scatter_linear,
     "small_cnn": small_cnn,
     "resnet18": resnet18,
     "mobilenet_v2": mobilenet_v2,
     "densenet121": densenet121,
 }
 MODELS: tuple[str, ...] = tuple(_BUILDERS)
+SHARED_KEYS = ("init_weights",)  # model.* keys every model takes, not handed to a builder
+
+
+def trained_keys(model: nn.Module) -> list[str]:
+    """The state_dict entries local training changes: the trainable parameters (no model here has a
+    float buffer that training updates; a fixed front end's buffers never change)."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
 def _hyperparameters(name: str) -> list[str]:
@@ -184,7 +203,7 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
     Raises ValueError with a one-line message naming the key for an unknown model or
     hyperparameter, and if the built model still holds a layer Opacus refuses.
     """
-    cfg = dict(model_cfg.items())
+    cfg = {k: v for k, v in model_cfg.items() if k not in SHARED_KEYS}
     name = cfg.pop("name", None)
     if name not in _BUILDERS:
         raise ValueError(f"model.name: unknown model {name!r}; expected one of {list(MODELS)}")
@@ -194,7 +213,9 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
     for key in cfg:
         if key not in known:
             raise ValueError(f"model.{key}: not a hyperparameter of {name}; expected some of {known}")
-    for key in ("width", "norm_groups", "pool_grid"):
+    for key in ("width", "norm_groups", "pool_grid", "image_size", "J", "L", "pool", "components"):
+        if key == "components" and cfg.get(key, 0) is None:
+            continue  # scatter_linear: no projection
         if key in cfg and (not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1):
             raise ValueError(f"model.{key}: expected a positive integer, got {cfg[key]!r}")
     if "dropout" in cfg and not (isinstance(cfg["dropout"], (int, float)) and 0 <= cfg["dropout"] < 1):

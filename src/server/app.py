@@ -10,19 +10,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from src.client.training import make_loader, predict, resolve_device
+from src.client.training import predict_samples, resolve_device
 from src.config import from_run_config
 from src.data.federation import Federation
 from src.metrics import classification_metrics
-from src.models.registry import build_model
+from src.models.initial import load_initial_model
+from src.models.registry import trained_keys
 from src.server.dashboard import Dashboard
 from src.server.readers import load_reads, score_reads
 from src.server.report import write_report
 from src.server.announce import announce
+from src.server.polling import poll_faster
 from src.server.results import RunRecord, progress_line
 from src.server.rounds import RoundFailed, run_rounds
 from src.strategies.observed import make_strategy
@@ -33,10 +34,10 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = from_run_config(context.run_config)
+    grid = poll_faster(grid)
     run_dir = Path(str(context.run_config["run-dir"]))
     federation = Federation.load(run_dir / "split.json")
-    torch.manual_seed(int(cfg.seed))  # the same seed starts from the same global model
-    model = build_model(cfg.model, len(federation.classes))
+    model = load_initial_model(cfg, len(federation.classes), run_dir)
     record = RunRecord(run_dir, cfg, federation.classes)
     checkpoint = record.resume() if cfg.resume else None
     if checkpoint is not None:
@@ -49,11 +50,14 @@ def main(grid: Grid, context: Context) -> None:
     if checkpoint is not None:
         announce(f"resuming {run_dir} at round {first}/{rounds}")
     test_samples = federation.select(split="test")
-    pooled_test = make_loader(test_samples, cfg.data, False, int(cfg.federation.batch_size), int(cfg.seed))
+
+    def evaluate_pooled():
+        return predict_samples(model, test_samples, cfg.data, int(cfg.federation.batch_size), device,
+                               cache_dir=run_dir / "features")
     reads = (load_reads(cfg.eval.reader_csv, test_samples, federation.classes, cfg.data.root)
              if cfg.eval.reader_csv else None)
     device = resolve_device(cfg.device)
-    strategy = make_strategy(cfg)
+    strategy = make_strategy(cfg, trained_keys(model))
     dashboard = Dashboard(cfg, run_dir, federation.classes)
 
     latest: dict = {}  # the newest model's pooled predictions, for the report once hospitals have evaluated it
@@ -63,7 +67,7 @@ def main(grid: Grid, context: Context) -> None:
         state = arrays.to_torch_state_dict()
         model.load_state_dict(state)
         start = time.perf_counter()
-        labels, probs = predict(model, pooled_test, device)
+        labels, probs = evaluate_pooled()
         metrics = classification_metrics(labels, probs, federation.classes)
         observed = strategy.rounds[server_round]
         observed["time"]["evaluate_pooled"] = time.perf_counter() - start
@@ -78,7 +82,7 @@ def main(grid: Grid, context: Context) -> None:
     def finish_evaluation(server_round: int) -> None:
         """The hospitals' evaluation joins the round's entry; report and dashboard."""
         if latest.get("round") != server_round:  # a resumed run: the checkpoint's model is loaded
-            labels, probs = predict(model, pooled_test, device)
+            labels, probs = evaluate_pooled()
             latest.update(round=server_round, state=model.state_dict(), labels=labels, probs=probs)
         entry = record.add_evaluation(server_round, strategy.rounds[server_round])
         write_report(run_dir, record.save(latest["state"]), latest["labels"], latest["probs"])

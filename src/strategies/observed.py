@@ -87,8 +87,9 @@ class ObservedFedProx(Observed, FedProx):
     pass
 
 
-def make_strategy(cfg):
-    """The configured strategy; a round needs `federation.min_hospitals` answers."""
+def make_strategy(cfg, trained_keys=None):
+    """The configured strategy; a round needs `federation.min_hospitals` answers. `trained_keys`: the
+    model's arrays local training changes (secure aggregation masks and sums only those)."""
     n = int(cfg.federation.min_hospitals)
     common = dict(fraction_train=float(cfg.federation.fraction), fraction_evaluate=1.0,
                   min_train_nodes=n, min_evaluate_nodes=n, min_available_nodes=n)
@@ -102,7 +103,7 @@ def make_strategy(cfg):
         s = cfg.strategy
         secure = dict(clip_range=float(s.clip_range), quant_bits=int(s.quant_bits), num_shares=s.num_shares,
                       threshold=s.threshold, stage_timeout=float(cfg.federation.round_timeout),
-                      num_rounds=int(cfg.federation.rounds), min_survivors=n, **common)
+                      num_rounds=int(cfg.federation.rounds), min_survivors=n, trained_keys=trained_keys, **common)
         if float(s.proximal_mu) > 0:
             return SecureFedProx(proximal_mu=float(s.proximal_mu), **secure)
         return SecureFedAvg(**secure)

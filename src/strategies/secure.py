@@ -53,18 +53,19 @@ def check_secagg(strategy, max_examples_per_hospital: int, num_hospitals: int) -
                   quant_bits=int(strategy.quant_bits), num_shares=strategy.num_shares, threshold=strategy.threshold)
 
 
-def flatten(arrays: ArrayRecord) -> np.ndarray:
-    """The floating-point arrays of a model, in state_dict order, as one float64 vector."""
-    return np.concatenate([a.numpy().astype(np.float64).ravel() for a in arrays.values()
-                           if np.issubdtype(a.numpy().dtype, np.floating)])
+def flatten(arrays: ArrayRecord, keys=None) -> np.ndarray:
+    """The floating-point arrays of a model (those named in `keys`, if given), in state_dict order,
+    as one float64 vector."""
+    return np.concatenate([a.numpy().astype(np.float64).ravel() for k, a in arrays.items()
+                           if (keys is None or k in keys) and np.issubdtype(a.numpy().dtype, np.floating)])
 
 
-def apply_update(arrays: ArrayRecord, delta: np.ndarray) -> ArrayRecord:
-    """`arrays` + `delta` (as laid out by `flatten`); integer buffers are kept as they are."""
+def apply_update(arrays: ArrayRecord, delta: np.ndarray, keys=None) -> ArrayRecord:
+    """`arrays` + `delta` (as laid out by `flatten` with the same `keys`); other arrays are kept as they are."""
     out, offset = {}, 0
     for key, array in arrays.items():
         value = array.numpy()
-        if np.issubdtype(value.dtype, np.floating):
+        if (keys is None or key in keys) and np.issubdtype(value.dtype, np.floating):
             value = (value + delta[offset:offset + value.size].reshape(value.shape)).astype(value.dtype)
             offset += value.size
         out[key] = Array(np.ascontiguousarray(value))
@@ -100,9 +101,11 @@ class SecureAggregationMixin:
     """Secure aggregation in place of a strategy's plain averaging (before Observed in the MRO)."""
 
     def __init__(self, *, clip_range: float, quant_bits: int, num_shares: int | None, threshold: int | None,
-                 stage_timeout: float, num_rounds: int, min_survivors: int = 1, **kwargs):
+                 stage_timeout: float, num_rounds: int, min_survivors: int = 1, trained_keys=None, **kwargs):
         super().__init__(**kwargs)
         self.min_survivors = int(min_survivors)
+        # the arrays training changes (a fixed front end's buffers never do): only they are masked and summed
+        self.trained_keys = None if trained_keys is None else set(trained_keys)
         self.clip_range, self.quant_bits = float(clip_range), int(quant_bits)
         self.num_shares, self.threshold, self.stage_timeout = num_shares, threshold, float(stage_timeout)
         self.num_rounds = int(num_rounds)
@@ -121,7 +124,8 @@ class SecureAggregationMixin:
         the old global model.
         """
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        self._grid, self._global, self._global_vector_length = grid, arrays, flatten(arrays).size
+        self._grid, self._global = grid, arrays
+        self._global_vector_length = flatten(arrays, self.trained_keys).size
         start = time.perf_counter()
         nodes = [m.metadata.dst_node_id for m in messages]
         session, incoming, how = self._ready(server_round, nodes)
@@ -216,7 +220,7 @@ class SecureAggregationMixin:
             "num_examples": examples,
             "rejections": [f"{r.stage}: {self._name(r.node)}: {r.reason}" for r in session.rejections]})
         delta = dequantize_mean(total, examples, self.clip_range, self.quant_bits, dtype=np.float64)
-        return apply_update(self._global, delta), MetricRecord({"num-examples": examples})
+        return apply_update(self._global, delta, self.trained_keys), MetricRecord({"num-examples": examples})
 
     @staticmethod
     def _ciphertexts(session: ServerSession, node: int, content: RecordDict) -> bool:

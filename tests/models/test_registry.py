@@ -22,7 +22,9 @@ SIZE = 64
 
 
 def model_cfg(name: str):
-    return OmegaConf.load(CONF / f"{name}.yaml")
+    """conf/model/<name>.yaml's `model` block, as Hydra composes it at 64 px."""
+    cfg = OmegaConf.load(CONF / f"{name}.yaml").model
+    return OmegaConf.merge(cfg, {"image_size": SIZE}) if "image_size" in cfg else cfg
 
 
 @pytest.fixture(autouse=True)
@@ -45,13 +47,15 @@ def test_every_model_has_a_config_and_every_config_a_model():
 def test_grayscale_in_logits_out_and_opacus_valid(name):
     torch.manual_seed(0)
     model = build_model(model_cfg(name), num_classes=3)
-    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert first_conv.in_channels == 1
     out = model(torch.rand(4, 1, SIZE, SIZE))
     assert out.shape == (4, 3) and out.dtype == torch.float32
-
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    assert any(isinstance(m, nn.GroupNorm) for m in model.modules())
+    if hasattr(model, "front_end"):  # fixed features: nothing of it is trained
+        assert not any(p.requires_grad for p in model.front_end.parameters())
+        assert [n for n, p in model.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
+    else:
+        assert next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels == 1
+        assert any(isinstance(m, nn.GroupNorm) for m in model.modules())
     assert not [n for n, m in model.named_modules() if getattr(m, "inplace", False)]
     ModuleValidator.validate(model, strict=True)  # raises on anything Opacus refuses
 
@@ -63,7 +67,7 @@ def test_one_dp_sgd_step_under_opacus_hooks(name):
     model = build_model(model_cfg(name), num_classes=3)
     data = TensorDataset(torch.rand(8, 1, SIZE, SIZE), torch.randint(0, 3, (8,)))
     loader = DataLoader(data, batch_size=4, generator=torch.Generator().manual_seed(0))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # secure-RNG and accountant notices
         model, optimizer, loader = PrivacyEngine().make_private(
@@ -75,15 +79,16 @@ def test_one_dp_sgd_step_under_opacus_hooks(name):
             grad_sample_mode="hooks",
             poisson_sampling=True,
         )
-    before = [p.detach().clone() for p in model.parameters()]
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    before = [p.detach().clone() for _, p in trained]
     x, y = next(x_y for x_y in loader if len(x_y[1]) > 0)  # Poisson sampling may draw an empty batch
     optimizer.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()  # in-place ops on hooked outputs would fail here
-    for n, p in model.named_parameters():
+    for n, p in trained:
         assert p.grad_sample is not None and p.grad_sample.shape == (len(y), *p.shape), n
     optimizer.step()
-    changed = [not torch.equal(b, p) for b, p in zip(before, model.parameters())]
-    assert all(changed), "every parameter gets clipped gradient + noise"
+    changed = [not torch.equal(b, p) for b, (_, p) in zip(before, trained)]
+    assert all(changed), "every trained parameter gets clipped gradient + noise"
 
 
 @pytest.mark.parametrize(

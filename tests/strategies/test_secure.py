@@ -8,19 +8,27 @@ import torch
 from flwr.app import ArrayRecord
 
 from src.config import compose_config
-from src.models.registry import build_model
+from src.models.registry import build_model, trained_keys
 from src.strategies.secure import apply_update, check_secagg, flatten
 
 
-def test_an_update_round_trips_through_the_flat_vector():
-    cfg = compose_config([])
+@pytest.mark.parametrize("model", ["small_cnn", "scatter_linear"])
+def test_an_update_round_trips_through_the_flat_vector(model):
+    """Only what training changes travels: every parameter of a CNN, only the head of a model whose
+    fixed front end (scattering filters, reference statistics) never changes."""
+    cfg = compose_config([f"model={model}"])
     torch.manual_seed(0)
-    global_model = ArrayRecord(build_model(cfg.model, 3).state_dict())
-    torch.manual_seed(1)
-    trained = ArrayRecord(build_model(cfg.model, 3).state_dict())
-    delta = flatten(trained) - flatten(global_model)
-    assert delta.size == sum(p.numel() for p in build_model(cfg.model, 3).parameters())
-    rebuilt = apply_update(global_model, delta)
+    base = build_model(cfg.model, 3)
+    keys = trained_keys(base)
+    global_model = ArrayRecord(base.state_dict())
+    for p in base.parameters():
+        if p.requires_grad:
+            p.data += torch.randn_like(p)  # what local training does
+    trained = ArrayRecord(base.state_dict())
+    delta = flatten(trained, keys) - flatten(global_model, keys)
+    assert delta.size == sum(p.numel() for p in base.parameters() if p.requires_grad)
+    assert (delta.size == 195) == (model == "scatter_linear")  # 64 components x 3 classes + 3 biases
+    rebuilt = apply_update(global_model, delta, keys)
     for key, array in trained.items():
         np.testing.assert_allclose(rebuilt[key].numpy(), array.numpy(), atol=1e-6)
         assert rebuilt[key].numpy().dtype == array.numpy().dtype

@@ -1,0 +1,59 @@
+"""A fixed front end's features of a set of images, computed once and cached where they are used.
+
+A model with a fixed front end (`scatter_linear`) trains and evaluates only its head,
+and the front end's output for an image never changes. Flower starts a fresh ClientApp
+process for every message, so without a cache every round would decode the images
+again (importing MONAI alone costs ~6 s of CPU) and run the scattering transform again
+(~30 ms per 64 px image). The cache holds the raw features (before the reference
+standardisation, which travels with the global model) in one file per image set,
+named by a hash of the front end's settings and of every image's path, size and
+modification time: a changed image or setting makes a new file. A hospital's cache
+lies beside its manifest (its own disk); the server's, for the pooled test set, in the
+run directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from src.data.layouts import Sample
+
+
+def _key(front_end, samples: list[Sample], image_size: int) -> str:
+    settings = {"front_end": type(front_end).__name__, "settings": front_end.settings(), "image_size": image_size}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for s in samples:
+        stat = os.stat(s.path.split("::")[0])
+        digest.update(f"{s.path}\0{s.label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+@torch.no_grad()
+def raw_features(front_end, samples: list[Sample], data_cfg, cache_dir: Path | None, device="cpu"):
+    """(raw features (n, d), labels (n,)) of `samples`, decoded as for evaluation (no augmentation)."""
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"features-{_key(front_end, samples, int(data_cfg.image_size))}.pt"
+        if path.exists():
+            saved = torch.load(path, weights_only=True)
+            return saved["features"], saved["labels"]
+    from src.client.training import make_loader  # MONAI: only when images must be read
+
+    features, labels = [], []
+    front_end.to(device).eval()
+    for batch in make_loader(samples, data_cfg, False, 64, 0):
+        features.append(front_end.raw(batch["image"].to(device)).cpu())
+        labels.append(torch.as_tensor(batch["label"]))
+    features = torch.cat(features) if features else torch.zeros(0, front_end.raw_features)
+    labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"features": features, "labels": labels}, tmp)
+        tmp.replace(path)
+    return features, labels

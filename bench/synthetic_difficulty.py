@@ -5,7 +5,7 @@
 Generates 3 hospitals x 300 images, decodes and resizes them to 64 px with the
 project's own preprocessing (`src.data.transforms.eval_transforms`, which decodes
 with `src.data.images.load_image`), pools the hospitals, splits 70/30 stratified by
-hospital and class, and trains the project's CPU-default model (`model=small_cnn`, a
+hospital and class, and trains the project's small CNN (`model=small_cnn`, a
 GroupNorm CNN) on the CPU, averaging `--runs` seeds: a GroupNorm CNN trained from
 scratch sometimes sits on a plateau for a few epochs, so one run alone is noisy.
 Side by side, on the same split, two baselines that would reveal shortcuts:
@@ -63,7 +63,7 @@ def train_cnn(x, y, epochs: int, seed: int) -> nn.Module:
     """The project's CPU-default model (conf/model), plain Adam, batch 32, no augmentation, no DP:
     the centralised upper bound the difficulty is calibrated for."""
     torch.manual_seed(seed)
-    model = build_model(compose_config().model, num_classes=len(CLASSES))
+    model = build_model(compose_config(["model=small_cnn"]).model, num_classes=len(CLASSES))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     for _ in range(epochs):
@@ -132,7 +132,7 @@ def main() -> None:
         "hospitals": HOSPITALS,
         "image_size": SIZE,
         "seed": args.seed,
-        "model": compose_config().model.name,
+        "model": compose_config(["model=small_cnn"]).model.name,
         "epochs": args.epochs,
         "cnn_runs": args.runs,
         "generation_s": round(generation_s, 1),

@@ -88,6 +88,8 @@ def one_setting(model: str, epsilon: str, seed: int, quick: bool, extra: list[st
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
         federation.save(run_dir / "split.json")
+        (DATA / "features").mkdir(parents=True, exist_ok=True)
+        (run_dir / "features").symlink_to(DATA / "features")  # the baselines' feature cache: shared across settings
         save_initial_model(cfg, len(federation.classes), run_dir)
         row = {"model": model, "epsilon": epsilon, "seed": seed, "federated": federated(cfg, federation, run_dir)}
         if not quick:

@@ -9,6 +9,7 @@ set, and `model.init_weights` is a file the user provides (e.g. public pretraini
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ def initial_model(cfg, num_classes: int) -> torch.nn.Module:
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state)  # a fedcxr model.pt, or a bare state_dict
             model.load_state_dict(state)
-        except (OSError, RuntimeError, KeyError, AttributeError, TypeError) as e:
+        except (OSError, RuntimeError, KeyError, AttributeError, TypeError, EOFError, pickle.UnpicklingError) as e:
             raise ValueError(f"model.init_weights: cannot start {cfg.model.name} from {path}: "
                              f"{str(e).splitlines()[0]}") from None
     return model

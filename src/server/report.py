@@ -108,10 +108,16 @@ def markdown(record: dict) -> str:
         lines += [f"| {who} | " + " | ".join(_fmt(r[who].get(k)) for k in HEADLINE) + " |" for who in ("reader", "model")]
         lines.append("")
         lines.append("The reader's calls are hard labels: their AUC is that of a single ROC point.")
-    lines += ["", "## Rounds", "", "| round | " + " | ".join(HEADLINE) + " | total s |", "|---" * 6 + "|"]
+    hospitals = sorted({h for r in record["rounds"] for h in r["hospitals"]})
+    lines += ["", "## Rounds", "", "Global model on the pooled test set; each hospital's AUC of the same model on its "
+              "own test split; the largest cumulative ε of the hospitals.", "",
+              "| round | " + " | ".join(HEADLINE) + " | " + "".join(f"{h} auc | " for h in hospitals) + "ε ≤ | total s |",
+              "|---" * (len(HEADLINE) + len(hospitals) + 3) + "|"]
     for r in record["rounds"]:
-        lines.append(f"| {r['round']} | " + " | ".join(_fmt(r["global"].get(k)) for k in HEADLINE)
-                     + f" | {r['time'].get('total', 0):.1f} |")
+        spent = [h["privacy"]["epsilon"] for h in r["hospitals"].values() if "privacy" in h]
+        lines.append(f"| {r['round']} | " + " | ".join(_fmt(r["global"].get(k)) for k in HEADLINE) + " | "
+                     + "".join(f"{_fmt(r['hospitals'].get(h, {}).get('auc'))} | " for h in hospitals)
+                     + f"{_fmt(max(spent)) if spent else '–'} | {r['time'].get('total', 0):.1f} |")
     lines += ["", "![metrics](metrics.png) ![roc](roc.png) ![confusion](confusion.png)", ""]
     return "\n".join(lines)
 

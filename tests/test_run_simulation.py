@@ -299,7 +299,7 @@ def test_a_resumed_run_keeps_its_config_but_may_run_longer(tmp_path):
     asked = compose_config([f"resume={tmp_path}", "federation.rounds=4"])
     resumed = resumed_config(asked, [f"resume={tmp_path}", "federation.rounds=4"])
     assert resumed.federation.rounds == 4 and resumed.seed == 5 and resumed.resume == str(tmp_path.resolve())
-    with pytest.raises(ValueError, match="model.width cannot change"):
-        resumed_config(compose_config([f"resume={tmp_path}", "model.width=8"]), [f"resume={tmp_path}", "model.width=8"])
+    with pytest.raises(ValueError, match="model.components cannot change"):
+        resumed_config(compose_config([f"resume={tmp_path}", "model.components=32"]), [f"resume={tmp_path}", "model.components=32"])
     with pytest.raises(ValueError, match="not a fedcxr run directory"):
         resumed_config(compose_config([f"resume={tmp_path / 'nope'}"]), [])

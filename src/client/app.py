@@ -81,8 +81,6 @@ def _reply(msg: Message, hospital: str, metrics: dict, records: dict | None = No
 def train(msg: Message, context: Context) -> Message:
     """Local epochs (DP-SGD under privacy=dp); the update goes back in the clear (FedAvg, FedProx)
     or masked by secure aggregation (secagg)."""
-    import torch
-
     from src.client import privacy
     from src.client.training import local_training_view, resolve_device, train_epochs
     from src.models.registry import trained_keys

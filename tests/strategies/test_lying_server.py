@@ -16,12 +16,10 @@ from src.strategies.secagg import BelowThresholdError, RoundKeys, SecAggError
 from src.strategies.secagg.identity import consortium
 from src.strategies.secagg.keys import generate_keypair
 from src.strategies.secure import peers_keys, peers_record
-from tests.strategies.federation_grid import (  # noqa: F401  (fixtures)
+from tests.strategies.federation_grid import (
     NODES,
     Hospitals,
-    consortium_dir,
     run_round,
-    server_identity,
     start_model,
     strategy,
 )

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
 from src.strategies.secagg import BelowThresholdError
 from src.strategies.secure import SecureFedProx
-from tests.strategies.federation_grid import (  # noqa: F401  (fixtures)
+from tests.strategies.federation_grid import (
     NODES,
     Hospitals,
     check,
-    consortium_dir,
     run_round,
-    server_identity,
     start_model,
     strategy,
 )

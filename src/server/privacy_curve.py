@@ -52,7 +52,7 @@ def curve_points(folders: list[Path]) -> list[dict]:
 def plot(points: list[dict], out: Path) -> None:
     private = sorted((p for p in points if p["private"] and p["auc"] is not None), key=lambda p: p["epsilon"])
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([p["epsilon"] for p in private], [p["auc"] for p in private], marker="o", label="DP-SGD (Opacus)")
+    ax.plot([p["epsilon"] for p in private], [p["auc"] for p in private], marker="o", label="federated (DP-SGD at every hospital)")
     for p in private:
         ax.annotate(f"target {p['target_epsilon']:g}" if p["target_epsilon"] is not None else "fixed σ",
                     (p["epsilon"], p["auc"]), textcoords="offset points", xytext=(4, -12), fontsize=8)

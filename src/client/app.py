@@ -98,10 +98,10 @@ def train(msg: Message, context: Context) -> Message:
                       "a round without secure aggregation (the update would reach the server in the clear)")
     if secure:
         secure_aggregation.check_ready(msg, context)  # before any privacy budget is spent
-    records = {}
+    records, model = {}, _model(cfg, data.classes, msg)
     if "evaluate-round" in msg.content["config"]:  # the global model received, before training changes it
         # a ConfigRecord: Flower's FedAvg wants exactly one MetricRecord (the training metrics) per answer
-        records["evaluation"] = ConfigRecord(_evaluate(cfg, data, msg, context))
+        records["evaluation"] = ConfigRecord(_evaluate(cfg, data, model, context))
     dp, ledger = None, None
     if cfg.privacy.name == "dp":
         dp = privacy.plan(cfg.privacy, cfg.federation, len(samples), max_epsilon=rules.max_epsilon)
@@ -113,7 +113,7 @@ def train(msg: Message, context: Context) -> Message:
                 records |= secure_aggregation.decline(msg, context)
             return _reply(msg, hospital, {}, records, declined=refusal)
         dp = replace(dp, noise_multiplier=ledger.sigma(dp))
-    model, device = _model(cfg, data.classes, msg), resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     start = time.perf_counter()
     # augmentation and shuffling stay seeded (reproducible); DP's sampling and noise never are (training.py)
     trained_part, loader = local_training_view(model, samples, cfg.data, int(cfg.federation.batch_size),
@@ -166,12 +166,11 @@ def features_cache(context: Context) -> Path:
     return manifest(context).parent / "features"
 
 
-def _evaluate(cfg, data: Federation, msg: Message, context: Context) -> dict:
+def _evaluate(cfg, data: Federation, model, context: Context) -> dict:
     """The received model on this hospital's own test split."""
     from src.client.training import predict_samples, resolve_device
     from src.metrics import classification_metrics
 
-    model = _model(cfg, data.classes, msg)
     labels, probs = predict_samples(model, data.select(split="test"), cfg.data, int(cfg.federation.batch_size),
                                     resolve_device(cfg.device), cache_dir=features_cache(context))
     return flatten(classification_metrics(labels, probs, data.classes))
@@ -182,4 +181,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     """The last round's model (earlier ones are evaluated at the start of the next train message)."""
     _share_cpu(context)
     data = hospital_data(context)
-    return _reply(msg, data.hospitals[0], _evaluate(from_run_config(context.run_config), data, msg, context))
+    cfg = from_run_config(context.run_config)
+    return _reply(msg, data.hospitals[0], _evaluate(cfg, data, _model(cfg, data.classes, msg), context))

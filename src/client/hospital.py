@@ -53,10 +53,6 @@ class Policy:
                    max_epsilon=None if max_epsilon is None else float(max_epsilon))
 
 
-class PolicyRefusal(RuntimeError):
-    """The server asked for something this hospital's policy does not allow."""
-
-
 def policy(context: Context) -> Policy:
     return Policy.of(node_settings(context))
 

@@ -1,7 +1,7 @@
 """Local training and prediction on one hospital's images (plain PyTorch loops on MONAI data).
 
 MONAI is imported only where images are read (`make_loader`): a model whose fixed
-front end's features are cached (src/client/features.py) trains and evaluates without it.
+front end's features are cached (src/models/features.py) trains and evaluates without it.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch
 from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
 
-from src.client.features import raw_features
 from src.client.privacy import Plan
 from src.data.layouts import Sample
+from src.models.features import raw_features
 
 
 def resolve_device(name: str) -> torch.device:

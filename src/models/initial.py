@@ -14,27 +14,23 @@ from pathlib import Path
 
 import torch
 from hydra.utils import to_absolute_path
-from monai.data import DataLoader
 
-from src.data.dataset import make_dataset
+from src.data.dataset import cache_dir
 from src.data.reference import reference_samples
+from src.models.features import raw_features
 from src.models.registry import build_model
 
 FILE = "initial_model.pt"
-
-
-@torch.no_grad()
-def fit_front_end(front_end, samples, data_cfg) -> None:
-    """A fixed front end's statistics, from `samples` (the public reference set, decoded as hospitals decode)."""
-    images = DataLoader(make_dataset(samples, data_cfg, train=False), batch_size=64, num_workers=0)
-    front_end.fit(torch.cat([front_end.raw(batch["image"]) for batch in images]))
 
 
 def initial_model(cfg, num_classes: int) -> torch.nn.Module:
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg.model, num_classes)
     if getattr(model, "front_end", None) is not None:
-        fit_front_end(model.front_end, reference_samples(cfg.reference), cfg.data)
+        # the public reference set decoded as hospitals decode; its features cached for the next run
+        raw, _ = raw_features(model.front_end, reference_samples(cfg.reference), cfg.data,
+                              cache_dir(cfg.data) / "reference-features")
+        model.front_end.fit(raw)
     if cfg.model.get("init_weights"):
         path = Path(to_absolute_path(str(cfg.model.init_weights)))
         try:

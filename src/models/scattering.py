@@ -34,16 +34,13 @@ def _scattering2d():
 
     kymatio's package import also imports its 3-D transform, which imports
     `scipy.special.sph_harm`, removed in SciPy 1.15 (kymatio issue #1068, fixes
-    unmerged). The 2-D transform never calls it: a placeholder that raises if anything
-    ever does keeps the import working with current SciPy.
+    unmerged). SciPy's replacement takes the degree first and the angles the other way
+    round: sph_harm(m, n, azimuth, polar) == sph_harm_y(n, m, polar, azimuth).
     """
     import scipy.special
 
     if not hasattr(scipy.special, "sph_harm"):
-        def sph_harm(*args, **kwargs):
-            raise NotImplementedError("scipy.special.sph_harm was removed in SciPy 1.15 (kymatio's 3-D transform)")
-
-        scipy.special.sph_harm = sph_harm
+        scipy.special.sph_harm = lambda m, n, theta, phi: scipy.special.sph_harm_y(n, m, phi, theta)
     from kymatio.torch import Scattering2D
 
     return Scattering2D

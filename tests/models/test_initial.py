@@ -23,7 +23,7 @@ def test_the_front_end_is_fitted_on_the_public_reference_set_alone(reference):
     cfg = compose_config([*reference, "data=folder", "data.root=/nonexistent/archive"])
     model = initial_model(cfg, 3)
     front = model.front_end
-    from src.client.features import raw_features
+    from src.models.features import raw_features
     from src.data.reference import reference_samples
 
     raw, _ = raw_features(front, reference_samples(cfg.reference), cfg.data, None)

@@ -186,3 +186,18 @@ def test_small_cnn_learns_where_the_blob_is():
         if accuracy > 0.9:
             break
     assert accuracy > 0.9
+
+
+def test_kymatio_imports_and_the_scipy_shim_is_scipys_own_spherical_harmonic():
+    """kymatio imports scipy.special.sph_harm (removed in SciPy 1.15); the shim must be the same function:
+    Y_1^1(azimuth, polar) = -1/2 sqrt(3 / 2π) sin(polar) e^{i azimuth}."""
+    import math
+
+    import scipy.special
+
+    from src.models.scattering import _scattering2d
+
+    _scattering2d()
+    azimuth, polar = 0.7, 1.1
+    expected = -0.5 * math.sqrt(3 / (2 * math.pi)) * math.sin(polar) * complex(math.cos(azimuth), math.sin(azimuth))
+    assert abs(complex(scipy.special.sph_harm(1, 1, azimuth, polar)) - expected) < 1e-12

@@ -9,7 +9,7 @@ standardisation, which travels with the global model) in one file per image set,
 named by a hash of the front end's settings and of every image's path, size and
 modification time: a changed image or setting makes a new file. A hospital's cache
 lies beside its manifest (its own disk); the server's, for the pooled test set, in the
-run directory.
+run directory; the public reference set's, in the data cache.
 """
 
 from __future__ import annotations
@@ -42,11 +42,13 @@ def raw_features(front_end, samples: list[Sample], data_cfg, cache_dir: Path | N
         if path.exists():
             saved = torch.load(path, weights_only=True)
             return saved["features"], saved["labels"]
-    from src.client.training import make_loader  # MONAI: only when images must be read
+    from monai.data import DataLoader  # MONAI: only when images must be read
+
+    from src.data.dataset import make_dataset
 
     features, labels = [], []
     front_end.to(device).eval()
-    for batch in make_loader(samples, data_cfg, False, 64, 0):
+    for batch in DataLoader(make_dataset(samples, data_cfg, train=False), batch_size=64, num_workers=0):
         features.append(front_end.raw(batch["image"].to(device)).cpu())
         labels.append(torch.as_tensor(batch["label"]))
     features = torch.cat(features) if features else torch.zeros(0, front_end.raw_features)

@@ -6,11 +6,12 @@ evaluate message of its own.
 
 A hospital's images are named by its manifest (its part of the run's `split.json`),
 and what it accepts by its policy, both from its own node config (`src/client/hospital.py`),
-never from the server's run config. Decoded images come from the on-disk MONAI
-cache, since Flower may start a fresh ClientApp process for every message — which is
-also why torch, MONAI and Opacus are imported inside the handlers that use them: the
-secure-aggregation stages (`src/client/secure_aggregation.py`) need none of them, and
-importing them costs seconds per message.
+never from the server's run config. Flower starts a fresh ClientApp process for every
+message: in deployment the train and evaluate handlers run in the hospital's warm
+worker (`src/client/worker.py`: torch, Opacus and MONAI imported once, decoded images in
+the on-disk MONAI cache), and this module imports none of them itself: the secure-
+aggregation stages (`src/client/secure_aggregation.py`) run here and need only numpy and
+`cryptography`.
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from src.client import secure_aggregation
 from src.client.hospital import Policy, node_settings
-from src.config import from_run_config
-from src.data.federation import Federation
+from src.client.worker import delegate
+
+if TYPE_CHECKING:
+    from src.data.federation import Federation
 
 app = ClientApp()
 app.train("secagg_share")(secure_aggregation.share_keys)
@@ -41,6 +45,8 @@ def manifest(context: Context) -> Path:
 
 
 def hospital_data(context: Context) -> Federation:
+    from src.data.federation import Federation
+
     return Federation.load(manifest(context))
 
 
@@ -79,10 +85,28 @@ def _reply(msg: Message, hospital: str, metrics: dict, records: dict | None = No
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    return delegate(train_round, msg, context)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return delegate(evaluate_model, msg, context)
+
+
+def warm_up() -> None:
+    """What the train and evaluate handlers import, imported ahead (by the hospital's worker)."""
+    import opacus  # noqa: F401
+    import src.client.training  # noqa: F401
+    import src.metrics  # noqa: F401
+    import src.models.registry  # noqa: F401
+
+
+def train_round(msg: Message, context: Context) -> Message:
     """Local epochs (DP-SGD under privacy=dp); the update goes back in the clear (FedAvg, FedProx)
     or masked by secure aggregation (secagg)."""
     from src.client import privacy
     from src.client.training import local_training_view, resolve_device, train_epochs
+    from src.config import from_run_config
     from src.models.registry import trained_keys
     from src.strategies.secure import flatten
 
@@ -176,9 +200,10 @@ def _evaluate(cfg, data: Federation, model, context: Context) -> dict:
     return flatten(classification_metrics(labels, probs, data.classes))
 
 
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
+def evaluate_model(msg: Message, context: Context) -> Message:
     """The last round's model (earlier ones are evaluated at the start of the next train message)."""
+    from src.config import from_run_config
+
     _share_cpu(context)
     data = hospital_data(context)
     cfg = from_run_config(context.run_config)

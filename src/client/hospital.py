@@ -25,13 +25,14 @@ from pathlib import Path
 
 from flwr.app import Context
 
-from src.data.federation import Federation
 
 
 def node_settings(context: Context) -> dict:
     """This hospital's own settings: its node config, or the simulation's stand-in for it."""
     if "manifest" in context.node_config:
         return dict(context.node_config)
+    from src.data.federation import Federation  # pydicom: only simulation's stand-in reads the split
+
     run_dir = Path(str(context.run_config["run-dir"]))
     name = Federation.load(run_dir / "split.json").hospitals[int(context.node_config["partition-id"])]
     return json.loads((run_dir / "hospitals" / f"{name}.node.json").read_text())

@@ -163,7 +163,11 @@ def start_deployment(sup: ProcessSupervisor, cli: FlwrCli, bin_dir: Path, fed: P
     n = len(hospitals)
     for i, h in enumerate(hospitals):
         config = {"partition-id": i, "num-partitions": n, **h.node_config}
-        cmd = [str(bin_dir / "flower-supernode"),
+        if "worker-key" in config:  # the hospital's warm worker (src/client/worker.py), up before its SuperNode
+            config["worker"] = f"127.0.0.1:{free_port()}"
+            sup.start(f"worker-{h.name}", [sys.executable, "-m", "src.client.worker", str(config["worker"]),
+                                           str(config["worker-key"])], cwd=fed)
+        cmd = [sys.executable, "-m", "src.launch.supernode",  # flower-supernode, polling faster
                "--superlink", f"127.0.0.1:{port}",
                "--root-certificates", str(tls.ca_cert),
                "--auth-supernode-private-key", str(keys[h.name].private_key),

@@ -57,6 +57,8 @@ class ScatterFrontEnd(nn.Module):
             raise ValueError(f"model.pool: {pool} must divide image_size / 2^J = {image_size / 2**J:g} "
                              f"(data.image_size={image_size}, model.J={J})")
         self.scattering = _scattering2d()(J=J, shape=(image_size, image_size), L=L)
+        # kymatio's filters follow from (J, L, image_size): rebuilt, never saved or sent with the model
+        self.scattering._non_persistent_buffers_set.update(name for name, _ in self.scattering.named_buffers())
         self.channels = 1 + J * L + L * L * J * (J - 1) // 2
         self.pool, self.eps = pool, eps
         self.J, self.L, self.image_size = J, L, image_size
@@ -66,7 +68,7 @@ class ScatterFrontEnd(nn.Module):
         self.features = raw if components is None else components
         self.register_buffer("mean", torch.zeros(raw))
         self.register_buffer("std", torch.ones(raw))
-        self.register_buffer("projection", torch.eye(raw)[:, : self.features])
+        self.register_buffer("projection", torch.eye(raw, self.features))
 
     def raw(self, images: torch.Tensor) -> torch.Tensor:
         """Log-scattering features before standardisation (what the reference statistics are taken of)."""

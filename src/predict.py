@@ -1,16 +1,23 @@
-"""`python -m src.predict <image.dcm|png> --model <run dir>/model.pt`: class probabilities for one image.
+"""`python -m src.predict <image|folder|csv>... --model <run dir>/model.pt`: class probabilities, in the clear.
 
-The image goes through the same decoding and evaluation transforms as in training.
+The images go through the same decoding and evaluation transforms as in training;
+an unreadable one is named on stderr and skipped. `--json` prints one object per image,
+`{"image", "probabilities": {class: p}, "seconds"}`, the shape `src.inference.diagnose
+--json` prints for the encrypted diagnosis of the same images.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
+from src.data.inputs import image_paths
 from src.data.skips import UnusableImage
 from src.data.transforms import eval_transforms
 from src.models.registry import build_model
@@ -23,29 +30,58 @@ def load_model(path) -> tuple[torch.nn.Module, list[str], int]:
     return model.eval(), saved["classes"], int(saved["image_size"])
 
 
+def decode(path: Path, image_size: int) -> torch.Tensor | None:
+    """The model's input for one image; None (named on stderr) when it cannot be read."""
+    try:
+        return eval_transforms(image_size)({"image": str(path)})["image"]
+    except RuntimeError as e:  # MONAI wraps the decoder's UnusableImage
+        if not isinstance(e.__cause__, UnusableImage):
+            raise
+        print(f"skipped {path}: {e.__cause__}", file=sys.stderr)
+    except (OSError, ValueError) as e:
+        print(f"skipped {path}: {e}", file=sys.stderr)
+    return None
+
+
 @torch.no_grad()
-def predict_image(model, image_size: int, path: str) -> list[float]:
-    image = eval_transforms(image_size)({"image": path})["image"]
+def probabilities(model, image: torch.Tensor) -> list[float]:
     return torch.softmax(model(image.unsqueeze(0)), dim=1)[0].tolist()
 
 
+def predict_image(model, image_size: int, path: str) -> list[float]:
+    return probabilities(model, eval_transforms(image_size)({"image": path})["image"])
+
+
+def show(path: Path, classes: list[str], probabilities: list[float], seconds: float, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"image": str(path), "probabilities": dict(zip(classes, probabilities)),
+                          "seconds": seconds}), flush=True)
+        return
+    print(f"{path}  ({seconds:.3f} s)")
+    for name, p in sorted(zip(classes, probabilities), key=lambda x: -x[1]):
+        print(f"  {name:12s} {p:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("image")
+    parser = argparse.ArgumentParser(description="Class probabilities from a run's model, in the clear. Reads "
+                                     "images (DICOM, PNG, JPEG), folders of them or a CSV naming them; "
+                                     "writes to stdout.")
+    parser.add_argument("images", nargs="+", help="image files, folders (recursive) or a CSV (column `image`)")
     parser.add_argument("--model", required=True, help="model.pt of a run")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image")
     args = parser.parse_args(argv)
     model, classes, size = load_model(args.model)
-    try:
-        probs = predict_image(model, size, args.image)
-    except RuntimeError as e:  # MONAI wraps the decoder's UnusableImage
-        cause = e.__cause__
-        if not isinstance(cause, UnusableImage):
-            raise
-        print(f"error: {args.image}: {cause}", file=sys.stderr)
-        return 2
-    for name, p in sorted(zip(classes, probs), key=lambda x: -x[1]):
-        print(f"{name:12s} {p:.3f}")
-    return 0
+    paths, done = image_paths(args.images), 0
+    for path in paths:
+        start = time.perf_counter()
+        image = decode(path, size)
+        if image is None:
+            continue
+        show(path, classes, probabilities(model, image), time.perf_counter() - start, args.json)
+        done += 1
+    if done < len(paths):
+        print(f"{len(paths) - done} of {len(paths)} image(s) skipped", file=sys.stderr)
+    return 0 if done else 2
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""`python -m src.predict`: one image, the class probabilities of a saved run's model."""
+"""`python -m src.predict`: the class probabilities of a saved run's model, for an image, a folder, a CSV."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -41,3 +42,23 @@ def test_an_unusable_image_is_a_clear_error(tmp_path, capsys):
     assert main([str(bad), "--model", str(tmp_path / "model.pt")]) == 2
     assert "not DICOM" in capsys.readouterr().err
 
+
+
+def test_a_folder_and_a_csv_in_json_with_the_unreadable_named_and_skipped(tmp_path, capsys):
+    cfg = OmegaConf.create({"model": {"name": "small_cnn"}, "data": {"image_size": 32}})
+    RunRecord(tmp_path, cfg, ["normal", "pneumonia"]).save(build_model(cfg.model, 2).state_dict())
+    folder = tmp_path / "images" / "sub"
+    folder.mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Image.fromarray((np.random.default_rng(1).random((40, 40)) * 255).astype(np.uint8)).save(folder / name)
+    (folder / "broken.dcm").write_text("not a dicom")
+    (tmp_path / "list.csv").write_text("image,label\nimages/sub/a.png,normal\n")
+
+    assert main([str(tmp_path / "images"), str(tmp_path / "list.csv"), "--model", str(tmp_path / "model.pt"),
+                 "--json"]) == 0
+    out = capsys.readouterr()
+    rows = [json.loads(line) for line in out.out.splitlines()]
+    assert [r["image"] for r in rows] == [str(folder / "a.png"), str(folder / "b.png"), str(folder / "a.png")]
+    assert all(set(r["probabilities"]) == {"normal", "pneumonia"} and r["seconds"] >= 0 for r in rows)
+    assert rows[0]["probabilities"] == rows[2]["probabilities"]
+    assert "broken.dcm" in out.err and "1 of 4 image(s) skipped" in out.err

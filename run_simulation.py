@@ -105,6 +105,14 @@ def add_baselines(cfg: DictConfig, run_dir: Path, results: dict, console: Consol
     console.print(Markdown(section))
 
 
+def add_audit(run_dir: Path, console: Console) -> None:
+    """The gradient-inversion audit of the run's model (src/attacks/invert.py), in report.md and attack.json."""
+    from src.attacks.invert import SCENARIOS, audit, markdown
+
+    console.print("attack: inverting updates of the run's model (gradient-inversion audit)")
+    console.print(Markdown(markdown(audit(run_dir, list(SCENARIOS)))))
+
+
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     console = Console()
@@ -132,6 +140,8 @@ def main(cfg: DictConfig) -> None:
         sys.exit(1)
     if cfg.baselines and results:
         add_baselines(cfg, run_dir, results, console)
+    if cfg.attack and results:
+        add_audit(run_dir, console)
     console.print(f"results: {results_path}")
 
 

@@ -1,0 +1,76 @@
+"""How much a reconstruction tells about the patients behind an update, against baselines without it.
+
+Chest radiographs are aligned: the mean of other patients' images already scores a
+respectable PSNR against anyone's. A leak is therefore measured as a gain over two
+baselines that carry no information about the attacked patients — the mean image of
+other patients, and the best single other patient — and as re-identification: is a
+reconstruction's most similar training image (SSIM) the patient it was paired with?
+Pairing is one-to-one (Hungarian assignment on SSIM); "best" is each reconstruction's
+most similar true image. PSNR and SSIM are MONAI's, data range 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.metrics import PSNRMetric, SSIMMetric
+from scipy.optimize import linear_sum_assignment
+
+_PSNR = PSNRMetric(max_val=1.0, reduction="none")
+_SSIM = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")
+
+
+def _pairwise(metric, a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """metric(a_i, b_j) for every pair: (len(a), len(b))."""
+    rows = []
+    for image in a:
+        rows.append(metric(image.expand_as(b), b).flatten().numpy())
+    return np.stack(rows)
+
+
+def ssim_matrix(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    return _pairwise(_SSIM, a, b)
+
+
+def psnr_matrix(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    return _pairwise(_PSNR, a, b)
+
+
+def leakage(reconstructions: torch.Tensor, truth: torch.Tensor, candidates: torch.Tensor, candidate_index: list[int],
+            others: torch.Tensor) -> dict:
+    """Measures of n reconstructions against the n true images (n, 1, S, S), all in [0, 1].
+
+    candidates: the hospital's training images a re-identification chooses among, the true
+    ones at `candidate_index`; others: images of other patients (the baselines)."""
+    n = len(truth)
+    ssim = ssim_matrix(reconstructions, truth)
+    rows, cols = linear_sum_assignment(-ssim)
+    paired = truth[cols[np.argsort(rows)]]
+    psnr = _PSNR(reconstructions, paired).flatten().numpy()
+    pssim = _SSIM(reconstructions, paired).flatten().numpy()
+    mse = (reconstructions - paired).pow(2).mean(dim=(1, 2, 3)).numpy()
+    mean_image = others.mean(0, keepdim=True).expand_as(truth)
+    base_psnr = _PSNR(mean_image, truth).flatten().numpy()
+    base_ssim = _SSIM(mean_image, truth).flatten().numpy()
+    best_other_psnr = psnr_matrix(truth, others).max(1)
+    best_other_ssim = ssim_matrix(truth, others).max(1)
+    nearest = ssim_matrix(reconstructions, candidates).argmax(1)
+    true_candidate = np.asarray(candidate_index)[cols[np.argsort(rows)]]
+    reidentified = nearest == true_candidate
+    return {
+        "images": n, "psnr": float(psnr.mean()), "ssim": float(pssim.mean()), "mse": float(mse.mean()),
+        "best_match_ssim": float(ssim.max(1).mean()),
+        "baseline_psnr": float(base_psnr.mean()), "baseline_ssim": float(base_ssim.mean()),
+        "best_other_psnr": float(best_other_psnr.mean()), "best_other_ssim": float(best_other_ssim.mean()),
+        "psnr_gain": float(psnr.mean() - base_psnr.mean()), "ssim_gain": float(pssim.mean() - base_ssim.mean()),
+        "reidentification": float(reidentified.mean()), "chance": 1 / len(candidates),
+        "per_image": {"psnr": psnr.tolist(), "ssim": pssim.tolist(), "mse": mse.tolist(),
+                      "baseline_psnr": base_psnr.tolist(), "baseline_ssim": base_ssim.tolist(),
+                      "best_other_psnr": best_other_psnr.tolist(), "reidentified": reidentified.tolist()},
+    }
+
+
+def label_accuracy(recovered: list[int], true: list[int]) -> float:
+    """Share of the update's labels recovered, as multisets (the order of a batch is not observable)."""
+    r, t = np.bincount(recovered, minlength=max(true + recovered) + 1), np.bincount(true, minlength=max(true + recovered) + 1)
+    return float(np.minimum(r, t).sum() / len(true))

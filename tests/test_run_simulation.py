@@ -106,13 +106,13 @@ def check_results(run_dir: Path, hospitals: set[str], rounds: list[int]) -> dict
 
 
 def supernode_of(hospital: str) -> int | None:
-    """The pid of the flower-supernode process serving `hospital` (its manifest is in its command line)."""
+    """The pid of the SuperNode process serving `hospital` (its manifest is in its command line)."""
     for entry in Path("/proc").iterdir():
         try:
             cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if "flower-supernode" in cmdline and f"hospitals/{hospital}.json" in cmdline:
+        if ("flower-supernode" in cmdline or "src.launch.supernode" in cmdline) and f"hospitals/{hospital}.json" in cmdline:
             return int(entry.name)
     return None
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import threading
 import time
 import time
 import traceback
@@ -68,6 +70,21 @@ def delegate(handler: Handler, msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+def exit_with(parent: int) -> None:
+    """End this process once `parent` is gone (a launcher killed outright cannot stop its worker)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                log.info("parent process %d is gone: stopping", parent)
+                os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def serve(address: tuple[str, int], key: bytes, handlers: str = "src.client.app") -> None:
     """Answer the ClientApp's hand-overs one at a time (a SuperNode runs one message at a time),
     each naming a function of the module `handlers`."""
@@ -103,8 +120,11 @@ def main() -> None:
     parser.add_argument("address", help="host:port to listen on (loopback)")
     parser.add_argument("key_file", type=Path, help="the shared secret the ClientApp authenticates with")
     parser.add_argument("--handlers", default="src.client.app", help="the module whose functions it runs")
+    parser.add_argument("--parent-pid", type=int, help="stop when this process (the launcher) is gone")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.parent_pid:
+        exit_with(args.parent_pid)
     serve(_address(args.address), args.key_file.read_bytes(), args.handlers)
 
 

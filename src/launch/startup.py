@@ -166,7 +166,7 @@ def start_deployment(sup: ProcessSupervisor, cli: FlwrCli, bin_dir: Path, fed: P
         if "worker-key" in config:  # the hospital's warm worker (src/client/worker.py), up before its SuperNode
             config["worker"] = f"127.0.0.1:{free_port()}"
             sup.start(f"worker-{h.name}", [sys.executable, "-m", "src.client.worker", str(config["worker"]),
-                                           str(config["worker-key"])], cwd=fed)
+                                           str(config["worker-key"]), "--parent-pid", str(os.getpid())], cwd=fed)
         cmd = [sys.executable, "-m", "src.launch.supernode",  # flower-supernode, polling faster
                "--superlink", f"127.0.0.1:{port}",
                "--root-certificates", str(tls.ca_cert),

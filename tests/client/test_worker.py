@@ -92,3 +92,17 @@ def test_a_peer_without_the_key_is_refused_and_the_worker_keeps_serving(tmp_path
     with pytest.raises(Exception):
         Client(worker._address(address), authkey=b"wrong key").close()
     Client(worker._address(address), authkey=key.read_bytes()).close()
+
+
+def test_the_worker_stops_when_its_launcher_is_gone(tmp_path):
+    key = tmp_path / "key"
+    key.write_bytes(os.urandom(32))
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    proc = subprocess.Popen([sys.executable, "-m", "src.client.worker", f"127.0.0.1:{free_port()}", str(key),
+                             "--handlers", "tests.client.test_worker", "--parent-pid", str(parent.pid)], cwd=ROOT)
+    try:
+        parent.kill()
+        parent.wait()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()

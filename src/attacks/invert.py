@@ -55,7 +55,7 @@ CURVE_IMAGES = (1, 4, 16, 64)
 class Target:
     """The run's global model, a hospital's training images and features, other patients' images."""
 
-    def __init__(self, run_dir: Path, hospital: str | None, device: str, prior_images: int = 1500):
+    def __init__(self, run_dir: Path, hospital: str | None, device: str, prior_images: int = 3000):
         self.run_dir, self.cfg = run_dir, OmegaConf.load(run_dir / "config.yaml")
         self.model, self.classes, size = load_model(run_dir / "model.pt")
         if getattr(self.model, "front_end", None) is None:
@@ -78,11 +78,17 @@ class Target:
             prior = self._decode(reference_samples(OmegaConf.create({
                 "root": f"{self.cfg.reference.root}_attack_prior_{prior_images}", "images": prior_images,
                 "seed": int(self.cfg.reference.seed) + 1})), size)
-            self.decoder = Decoder(self.model.front_end(prior).double(), prior)
+            self.prior_features = self.model.front_end(prior).double()
+            self.decoder = Decoder(self.prior_features, prior)
         fed = self.cfg.federation
         self.training = LocalTraining(lr=float(fed.lr), momentum=float(fed.momentum),
                                       steps=int(fed.local_epochs) * max(1, -(-len(self.labels[self.hospital])
                                                                               // int(fed.batch_size))))
+
+    def null_features(self, n: int) -> np.ndarray:
+        """n other patients' features (public images): reconstructions without information on anyone here."""
+        pick = np.random.default_rng(0).choice(len(self.prior_features), n, replace=n > len(self.prior_features))
+        return self.prior_features[pick].numpy()
 
     @staticmethod
     def _decode(samples, size: int) -> torch.Tensor:
@@ -125,8 +131,23 @@ def attack(target: Target, delta: tuple[np.ndarray, np.ndarray], index: list[int
         features, iterations = features_of_one(*delta)[None], 0
     else:
         features, iterations = match_features(*delta, target.weight.numpy(), target.bias.numpy(), labels, training)
+    result = score(target, features, hospital, index, pixels, refine)
+    result["null"] = null_control(score(target, target.null_features(n), hospital, index, pixels, refine))
+    result.update({"label_accuracy": label_accuracy(labels, target.labels[hospital][index].tolist()),
+                   "iterations": {"features": iterations, "pixels": refine}, "seconds": time.perf_counter() - start})
+    return result
+
+
+def null_control(result: dict) -> dict:
+    """The same scoring of reconstructions that carry no information (other patients' features): what the
+    pairing, which sees the truth, and the decoder's radiograph prior score on their own."""
+    return {k: result[k] for k in ("psnr_gain", "ssim_gain", "reidentification", "feature_cosine")}
+
+
+def score(target: Target, features: np.ndarray, hospital: str, index: list[int], pixels: int, refine: int) -> dict:
+    """Pair recovered and true features (scoring only: it sees the truth), take the reconstructions paired
+    with the first `pixels` true images to pixels, measure them."""
     truth_features = target.features[hospital][index].numpy()
-    # scoring only: pair recovered and true features, then invert the pairs of the first `pixels` true images
     distance = ((features[:, None, :] - truth_features[None]) ** 2).sum(-1)
     rows, cols = linear_sum_assignment(distance)
     order = np.argsort(cols)[:pixels]  # reconstructions paired with the first true images
@@ -139,12 +160,9 @@ def attack(target: Target, delta: tuple[np.ndarray, np.ndarray], index: list[int
         np.linalg.norm(features[rows], axis=1) * np.linalg.norm(truth_features[cols], axis=1) + 1e-12)
     feature_nearest = ((features[rows][:, None, :] - target.features[hospital].numpy()[None]) ** 2).sum(-1).argmin(1)
     result.update({
-        "images": n, "measured_in_pixels": len(chosen), "candidates": len(candidates),
+        "images": len(index), "measured_in_pixels": len(chosen), "candidates": len(candidates),
         "feature_cosine": float(cosine.mean()),
         "feature_reidentification": float(np.mean(feature_nearest == np.asarray(index)[cols])),
-        "label_accuracy": label_accuracy(labels, target.labels[hospital][index].tolist()),
-        "iterations": {"features": iterations, "pixels": refine},
-        "seconds": time.perf_counter() - start,
     })
     result["_montage"] = (target.images[hospital][[index[c] for c in cols[order]]], images)
     return result
@@ -217,6 +235,7 @@ def merge(trials: list[dict]) -> dict:
                 "best_other_ssim", "psnr_gain", "ssim_gain", "reidentification", "feature_cosine",
                 "feature_reidentification", "label_accuracy"):
         merged[key] = float(np.mean([t[key] for t in trials]))
+    merged["null"] = {k: float(np.mean([t["null"][k] for t in trials])) for k in trials[0]["null"]}
     merged["_montage"] = tuple(torch.cat([t["_montage"][i] for t in trials]) for i in range(2))
     return merged
 
@@ -228,19 +247,26 @@ def attack_aggregate(target: Target, delta, training: LocalTraining, pixels: int
     labels = recover_labels(delta[1], n_all, target.mean_prediction, training)
     start = time.perf_counter()
     features, iterations = match_features(*delta, target.weight.numpy(), target.bias.numpy(), labels, training)
+    result = score_aggregate(target, features, pixels, refine)
+    result["null"] = null_control(score_aggregate(target, target.null_features(n_all), pixels, refine))
+    true_labels = [int(v) for hh in target.hospitals for v in target.labels[hh]]
+    result.update({"images": n_all, "label_accuracy": label_accuracy(labels, true_labels),
+                   "iterations": {"features": iterations, "pixels": refine}, "seconds": time.perf_counter() - start})
+    return result
+
+
+def score_aggregate(target: Target, features: np.ndarray, pixels: int, refine: int) -> dict:
+    """Each of the audited hospital's true images paired with one of all the reconstructions (scoring only)."""
+    h = target.hospital
     truth = target.features[h].numpy()
-    distance = ((features[:, None, :] - truth[None]) ** 2).sum(-1)  # n_all reconstructions vs this hospital's
-    rows, cols = linear_sum_assignment(distance.T)  # each true image of the hospital gets one reconstruction
+    distance = ((features[:, None, :] - truth[None]) ** 2).sum(-1)  # all reconstructions vs this hospital's
+    rows, cols = linear_sum_assignment(distance.T)
     chosen = cols[:pixels]
     images = to_pixels(target, features[chosen], refine)
     result = leakage(images, target.images[h][rows[:pixels]], target.images[h], list(rows[:pixels]), target.others)
-    true_labels = [int(v) for hh in target.hospitals for v in target.labels[hh]]
     found = features[cols]
     cosine = (found * truth[rows]).sum(1) / (np.linalg.norm(found, axis=1) * np.linalg.norm(truth[rows], axis=1) + 1e-12)
-    result.update({"images": n_all, "measured_in_pixels": len(chosen), "candidates": len(truth),
-                   "feature_cosine": float(cosine.mean()),
-                   "label_accuracy": label_accuracy(labels, true_labels),
-                   "iterations": {"features": iterations, "pixels": refine}, "seconds": time.perf_counter() - start})
+    result.update({"measured_in_pixels": len(chosen), "candidates": len(truth), "feature_cosine": float(cosine.mean())})
     result["_montage"] = (target.images[h][rows[:pixels]], images)
     return result
 
@@ -272,15 +298,19 @@ def markdown(results: dict) -> str:
     lines = ["## Inversion audit", "",
              "What the server could reconstruct from what it sees (`python -m src.attacks.invert`): PSNR/SSIM of "
              "the reconstructions against the true images, the gain over the mean image of other patients, "
-             "re-identification (chance in brackets) and recovered labels. A leak is a gain over the baseline, "
-             "not a raw PSNR; \"no usable information\" is a claim about this attack at these settings.", "",
-             "| scenario | images | PSNR (dB) | gain | best other patient | SSIM | gain | re-identified | feature cos "
-             "| labels | s |",
+             "re-identification (chance in brackets) and recovered labels; in brackets after the gains and the "
+             "re-identification, the same scoring of information-free reconstructions (other patients' "
+             "features through the same pairing and decoder). A leak is a gain over those, not a raw PSNR; "
+             "\"no usable information\" is a claim about this attack at these settings.", "",
+             "| scenario | images | PSNR (dB) | gain (null) | best other patient | SSIM | gain (null) "
+             "| re-identified (null; chance) | feature cos | labels | s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["scenarios"].items():
-        lines.append(f"| {name} | {r['images']} | {r['psnr']:.1f} | {r['psnr_gain']:+.1f} | "
-                     f"{r['best_other_psnr']:.1f} | {r['ssim']:.3f} | "
-                     f"{r['ssim_gain']:+.3f} | {r['reidentification']:.2f} ({r['chance']:.3f}) | "
+        null = r.get("null", {})
+        lines.append(f"| {name} | {r['images']} | {r['psnr']:.1f} | {r['psnr_gain']:+.1f} "
+                     f"({null.get('psnr_gain', float('nan')):+.1f}) | {r['best_other_psnr']:.1f} | {r['ssim']:.3f} | "
+                     f"{r['ssim_gain']:+.3f} ({null.get('ssim_gain', float('nan')):+.3f}) | {r['reidentification']:.2f} "
+                     f"({null.get('reidentification', float('nan')):.2f}; {r['chance']:.3f}) | "
                      f"{r.get('feature_cosine', float('nan')):.3f} | {r['label_accuracy']:.2f} | {r['seconds']:.0f} |")
     lines += ["", results["verdict"], ""]
     return "\n".join(lines)
@@ -298,13 +328,16 @@ def verdict(scenarios: dict) -> str:
             f"are recovered with cosine {gate['feature_cosine']:.3f}."))
     secure = scenarios.get("secure-aggregate")
     if secure is not None:
+        null = secure.get("null", {})
         text.append(f"Default defences (secure aggregation, DP): re-identification {secure['reidentification']:.3f} "
-                    f"(chance {secure['chance']:.3f}), SSIM gain {secure['ssim_gain']:+.3f}.")
+                    f"against {null.get('reidentification', float('nan')):.3f} for information-free reconstructions "
+                    f"scored the same way (chance {secure['chance']:.3f}), SSIM gain {secure['ssim_gain']:+.3f} "
+                    f"against {null.get('ssim_gain', float('nan')):+.3f}.")
     return " ".join(text)
 
 
 def audit(run_dir: Path, scenarios: list[str], hospital: str | None = None, device: str = "auto",
-          pixels: int = 16, refine: int = 0, prior_images: int = 1500) -> dict:
+          pixels: int = 16, refine: int = 0, prior_images: int = 3000) -> dict:
     run_dir = Path(run_dir)
     target = Target(run_dir, hospital, device, prior_images)
     found = run_scenarios(target, scenarios, pixels, refine)
@@ -336,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pixels", type=int, default=16, help="reconstructions taken to pixels and scored per scenario")
     parser.add_argument("--refine", type=int, default=0, metavar="N",
                         help="N iterations of pixel optimisation through the front end after the decoder")
-    parser.add_argument("--prior-images", type=int, default=1500,
+    parser.add_argument("--prior-images", type=int, default=3000,
                         help="public images the attacker's decoder learns from (generated once, public seed)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)

@@ -115,7 +115,7 @@ def _loaded(obj, ctx, data: bytes):
     with tempfile.NamedTemporaryFile(dir=_TMP) as f:
         f.write(data)
         f.flush()
-        obj.load(ctx, f.name) if ctx is not None else obj.load(f.name)
+        obj.load(ctx, f.name)
     return obj
 
 

@@ -71,9 +71,10 @@ class RunRecord:
         return entry
 
     def evaluated(self, server_round: int) -> bool:
-        """Whether the hospitals' evaluation of round `server_round`'s model is in the record."""
-        return any("num_test_examples" in h for r in self.rounds if r["round"] == server_round
-                   for h in r["hospitals"].values())
+        """Whether every hospital of round `server_round` has its evaluation of that round's model in the
+        record (an interruption while the answers came in leaves some without: a resumed run asks again)."""
+        hospitals = [h for r in self.rounds if r["round"] == server_round for h in r["hospitals"].values()]
+        return bool(hospitals) and all("num_test_examples" in h for h in hospitals)
 
     def stop(self, reason: str) -> None:
         """A failed round: its reason joins results.json; the model and the rounds before stay as they are."""

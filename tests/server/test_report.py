@@ -47,3 +47,15 @@ def test_unflatten_restores_nested_metrics():
     flat = {"auc": 0.5, "sensitivity.normal": 1.0, "sensitivity.viral": float("nan"), "confusion_matrix": [1, 2, 3, 4]}
     out = unflatten(flat, ["normal", "viral"])
     assert out == {"auc": 0.5, "sensitivity": {"normal": 1.0, "viral": None}, "confusion_matrix": [[1, 2], [3, 4]]}
+
+
+def test_a_round_is_evaluated_only_once_every_hospital_has_evaluated_it(tmp_path):
+    """An interruption while the evaluations came in: a resumed run must ask the hospitals again."""
+    record = RunRecord(tmp_path, compose_config(["federation.mode=simulation"]), CLASSES)
+    trained = {"h1": {"num_examples": 40}, "h2": {"num_examples": 30}}
+    record.add_round(1, {}, {"hospitals": trained, "time": {}})
+    assert not record.evaluated(1) and not record.evaluated(2)
+    record.add_evaluation(1, {"hospitals": {"h1": {"num_test_examples": 10}}})
+    assert not record.evaluated(1)
+    record.add_evaluation(1, {"hospitals": {"h2": {"num_test_examples": 8}}})
+    assert record.evaluated(1)

@@ -3,13 +3,16 @@
 The images go through the same decoding and evaluation transforms as in training;
 an unreadable one is named on stderr and skipped. `--json` prints one object per image,
 `{"image", "probabilities": {class: p}, "seconds"}`, the shape `src.inference.diagnose
---json` prints for the encrypted diagnosis of the same images.
+--json` prints for the encrypted diagnosis of the same images; `--out FILE.csv` also
+writes one row per image (path, a probability per class, the predicted class).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -63,22 +66,29 @@ def show(path: Path, classes: list[str], probabilities: list[float], seconds: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Class probabilities from a run's model, in the clear. Reads "
-                                     "images (DICOM, PNG, JPEG), folders of them or a CSV naming them; "
-                                     "writes to stdout.")
+    parser = argparse.ArgumentParser(description="Class probabilities from a run's model, "
+                                     "in the clear. Reads images (DICOM, PNG, JPEG), folders of them or a CSV "
+                                     "naming them; writes to stdout, and to a CSV with --out. Unreadable images "
+                                     "are named on stderr and skipped.")
     parser.add_argument("images", nargs="+", help="image files, folders (recursive) or a CSV (column `image`)")
     parser.add_argument("--model", required=True, help="model.pt of a run")
     parser.add_argument("--json", action="store_true", help="one JSON object per image")
+    parser.add_argument("--out", type=Path, metavar="CSV", help="also write path, probabilities, predicted class")
     args = parser.parse_args(argv)
     model, classes, size = load_model(args.model)
     paths, done = image_paths(args.images), 0
-    for path in paths:
-        start = time.perf_counter()
-        image = decode(path, size)
-        if image is None:
-            continue
-        show(path, classes, probabilities(model, image), time.perf_counter() - start, args.json)
-        done += 1
+    with open(args.out or os.devnull, "w", newline="") as out:
+        rows = csv.writer(out)
+        rows.writerow(["path", *(f"p_{c}" for c in classes), "predicted"])
+        for path in paths:
+            start = time.perf_counter()
+            image = decode(path, size)
+            if image is None:
+                continue
+            p = probabilities(model, image)
+            show(path, classes, p, time.perf_counter() - start, args.json)
+            rows.writerow([str(path), *(f"{x:.6f}" for x in p), classes[max(range(len(p)), key=p.__getitem__)]])
+            done += 1
     if done < len(paths):
         print(f"{len(paths) - done} of {len(paths)} image(s) skipped", file=sys.stderr)
     return 0 if done else 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -55,10 +56,17 @@ def test_a_folder_and_a_csv_in_json_with_the_unreadable_named_and_skipped(tmp_pa
     (tmp_path / "list.csv").write_text("image,label\nimages/sub/a.png,normal\n")
 
     assert main([str(tmp_path / "images"), str(tmp_path / "list.csv"), "--model", str(tmp_path / "model.pt"),
-                 "--json"]) == 0
+                 "--json", "--out", str(tmp_path / "predictions.csv")]) == 0
     out = capsys.readouterr()
     rows = [json.loads(line) for line in out.out.splitlines()]
     assert [r["image"] for r in rows] == [str(folder / "a.png"), str(folder / "b.png"), str(folder / "a.png")]
     assert all(set(r["probabilities"]) == {"normal", "pneumonia"} and r["seconds"] >= 0 for r in rows)
     assert rows[0]["probabilities"] == rows[2]["probabilities"]
     assert "broken.dcm" in out.err and "1 of 4 image(s) skipped" in out.err
+    with open(tmp_path / "predictions.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["path"] for r in table] == [r["image"] for r in rows]
+    for row, printed in zip(table, rows):
+        p = {c: float(row[f"p_{c}"]) for c in ("normal", "pneumonia")}
+        assert p == pytest.approx(printed["probabilities"], abs=1e-6)
+        assert row["predicted"] == max(p, key=p.get)

@@ -79,21 +79,44 @@ def _class_folders(
             scan.skips.skip(sub, "unknown class", f"folder {sub.name!r}, {n} files", hospital or "-", n)
 
 
+def _split_folders(hospital: Path) -> list[tuple[Path, str | None]]:
+    """A hospital's `train|val|test` folders with their split, or the hospital itself without one."""
+    splits = [d for d in _visible(hospital) if d.is_dir() and d.name in SPLITS]
+    return [(d, d.name) for d in splits] if splits else [(hospital, None)]
+
+
+def discover_classes(root: Path, hospitals: list[Path]) -> list[str]:
+    """The class folder names, sorted, as torchvision's `ImageFolder` finds them; every hospital must
+    have the same set (a class missing at one hospital would silently shift what its labels mean)."""
+    found = {h.name: sorted({d.name for folder, _ in _split_folders(h) for d in _visible(folder) if d.is_dir()})
+             for h in hospitals}
+    if not found:
+        raise ValueError(f"data.root: {root} has no hospital folders")
+    first, classes = next(iter(found.items()))
+    for hospital, names in found.items():
+        extra, missing = sorted(set(names) - set(classes)), sorted(set(classes) - set(names))
+        if extra or missing:
+            raise ValueError(
+                f"data.classes is unset, so the class folders are the classes and every hospital needs the same: "
+                f"hospital {hospital!r}" + (f" has {extra} that {first!r} has not" if extra else "")
+                + (" and" if extra and missing else "") + (f" lacks {missing}" if missing else "")
+                + f" (classes of {first!r}: {classes}); rename the folder or set data.classes=[...]")
+    if not classes:
+        raise ValueError(f"data.root: no class folders under the hospitals of {root}")
+    return classes
+
+
 def folder(root: Path, cfg) -> Scan:
-    """`<root>/<hospital>/[train|val|test/]<class>/<files>`: each top-level folder is a hospital."""
-    classes = list(cfg.classes)
+    """`<root>/<hospital>/[train|val|test/]<class>/<files>`: each top-level folder is a hospital.
+    Without `data.classes` the class folders are the classes (sorted); with it, only those, in its order."""
+    hospitals = [h for h in _visible(root) if h.is_dir()]
+    classes = list(cfg.classes) if cfg.get("classes") else discover_classes(root, hospitals)
     names = {c: i for i, c in enumerate(classes)}
     scan = Scan(classes, [])
-    for hospital in _visible(root):
-        if not hospital.is_dir():
-            continue
+    for hospital in hospitals:
         scan.hospitals.append(hospital.name)
-        split_dirs = [d for d in _visible(hospital) if d.is_dir() and d.name in SPLITS]
-        if split_dirs:
-            for split_dir in split_dirs:
-                _class_folders(split_dir, names, scan, hospital.name, split_dir.name)
-        else:
-            _class_folders(hospital, names, scan, hospital.name, None)
+        for where, split in _split_folders(hospital):
+            _class_folders(where, names, scan, hospital.name, split)
     return scan
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def archive_with_every_kind_of_bad_file(root: Path) -> None:
 def test_bad_files_are_skipped_counted_and_named_without_patient_identifiers(tmp_path, config, caplog):
     root = tmp_path / "archive"
     archive_with_every_kind_of_bad_file(root)
-    cfg = config("folder", root)
+    cfg = config("folder", root, "data.classes=[normal,viral]")
     caplog.set_level(logging.WARNING)
 
     fed = decode_all(build_federation(cfg.data, 2, cfg.seed), cfg.data)
@@ -116,20 +117,31 @@ def test_decoded_images_are_cached_not_decoded_again(tmp_path, config, monkeypat
     assert all(tuple(im.shape) == (1, 32, 32) for im in images)
 
 
-def test_check_exit_codes(tmp_path, capsys):
+def test_check_reports_totals_and_json_and_exits_by_what_it_found(tmp_path, capsys):
     root = tmp_path / "archive"
     archive_with_every_kind_of_bad_file(root)
     dicom(root / "west" / "normal" / "only_lateral.dcm", view_position="LATERAL")
     cache = f"data.cache_dir={tmp_path / 'cache'}"
 
-    assert check_main(["data=folder", f"data.root={root}", cache]) == 1
+    assert check_main(["data=folder", f"data.root={root}", cache]) == 2  # south's extra class folder
+    assert "hospital 'south' has ['effusion']" in capsys.readouterr().out
+
+    classes = "data.classes=[normal,viral]"
+    assert check_main(["data=folder", f"data.root={root}", cache, classes, "--json", str(tmp_path / "c.json")]) == 1
     out = capsys.readouterr().out
-    assert "west" in out and "lateral view" in out and "unreadable image" in out
+    assert "west" in out and "lateral view" in out and "unreadable image" in out and "Totals" in out
     assert not any(t in out for t in IDENTIFIER_TEXT)
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["classes"] == ["normal", "viral"] and report["classes_from"] == "data.classes"
+    assert {h: (r["usable_total"], r["skipped_total"]) for h, r in report["hospitals"].items()} == {
+        "north": (12, 5), "south": (12, 2), "west": (0, 1)}
+    assert report["hospitals"]["south"]["skipped"] == {"unknown class": 1, "unreadable image": 1}
+    assert sum(report["hospitals"]["north"]["usable"][split]["viral"] for split in ("train", "val", "test")) == 6
+    assert report["total"] == {"usable": 24, "skipped": 8}
 
     (root / "west" / "normal" / "only_lateral.dcm").unlink()
     dicom(root / "west" / "normal" / "frontal.dcm")
-    assert check_main(["data=folder", f"data.root={root}", cache]) == 0
+    assert check_main(["data=folder", f"data.root={root}", cache, classes]) == 0
 
     assert check_main(["data=folder", f"data.root={tmp_path / 'nowhere'}"]) == 2
     assert "data.root" in capsys.readouterr().out

@@ -27,7 +27,7 @@ def test_folder_hospitals_splits_and_unknown_classes(tmp_path, config):
     (tmp_path / "north" / "normal" / "notes.txt").write_text("not an image")
     write_dicom(tmp_path / "north" / "normal" / "0001", np.zeros((8, 8), np.uint16))  # DICOM without suffix
 
-    scan = scan_layout(config("folder", tmp_path).data)
+    scan = scan_layout(config("folder", tmp_path, "data.classes=[normal,bacterial,viral]").data)
 
     assert scan.hospitals == ["north", "south"]
     assert labels_by_name(scan) == {"normal": 5, "viral": 3, "bacterial": 3}
@@ -35,6 +35,30 @@ def test_folder_hospitals_splits_and_unknown_classes(tmp_path, config):
     assert Counter(s.split for s in scan.samples if s.hospital == "south") == {"train": 3, "test": 1}
     assert scan.skips.counts["south"]["unknown class"] == 1
     assert scan.skips.counts["north"]["not an image file"] == 1
+
+
+def test_folder_classes_are_the_class_folders_the_same_at_every_hospital(tmp_path, config):
+    """As torchvision's ImageFolder: sorted sub-folder names, across splits; `data.classes` restricts
+    and orders them; a hospital with a different set is one clear error naming it and the folder."""
+    for hospital in ("north", "south"):
+        write_png(tmp_path / hospital / "train" / "pneumonia" / "p.png")
+        write_png(tmp_path / hospital / "test" / "normal" / "n.png")
+    write_png(tmp_path / "west" / "pneumonia" / "p.png")
+    write_png(tmp_path / "west" / "normal" / "n.png")
+
+    scan = scan_layout(config("folder", tmp_path).data)
+    assert scan.classes == ["normal", "pneumonia"] and labels_by_name(scan) == {"normal": 3, "pneumonia": 3}
+    assert scan_layout(config("folder", tmp_path, "data.classes=[pneumonia]").data).classes == ["pneumonia"]
+
+    write_png(tmp_path / "south" / "train" / "Pneumonia " / "q.png")
+    with pytest.raises(ValueError, match=r"hospital 'south' has \['Pneumonia '\] that 'north' has not"):
+        scan_layout(config("folder", tmp_path).data)
+    (tmp_path / "south" / "train" / "Pneumonia " / "q.png").unlink()
+    (tmp_path / "south" / "train" / "Pneumonia ").rmdir()
+    (tmp_path / "west" / "normal" / "n.png").unlink()
+    (tmp_path / "west" / "normal").rmdir()
+    with pytest.raises(ValueError, match=r"hospital 'west' lacks \['normal'\]"):
+        scan_layout(config("folder", tmp_path).data)
 
 
 @pytest.mark.parametrize("num_classes, expected", [

@@ -21,7 +21,8 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from src.config import to_run_config, validate
-from src.launch.federation import Hospital, run_federation
+from src.launch.configs import Hospital
+from src.launch.federation import run_federation
 from src.server.announce import ANNOUNCE
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -71,7 +72,7 @@ def prepare_run(cfg: DictConfig, run_dir: Path, console: Console) -> tuple[DictC
         run_dir = Path(cfg.resume)
     validate(cfg)
     # torch, MONAI and Opacus (seconds to import) only for a config that passed: a bad key is refused at once
-    from src.client.privacy import plan
+    from src.training.privacy import plan
     from src.launch.hospitals import hospital_nodes, prepare_federation
     from src.models.initial import save_initial_model
     from src.server.readers import load_reads
@@ -98,8 +99,7 @@ def add_baselines(cfg: DictConfig, run_dir: Path, results: dict, console: Consol
     """Centralized and local-only models with the federation's budget, beside it in report.md."""
     from src.baselines import baselines_markdown, run_baselines  # torch and MONAI: only when asked for
 
-    console.print("baselines: training a centralized and a local-only model per hospital")
-    section = baselines_markdown(results, run_baselines(cfg, run_dir, progress=console.print))
+    section = baselines_markdown(results, run_baselines(cfg, run_dir))
     with open(run_dir / "report.md", "a") as report_md:
         report_md.write("\n" + section)
     console.print(Markdown(section))

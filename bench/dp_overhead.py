@@ -4,9 +4,9 @@ beside non-private training, for every registered model at the default image siz
 
     python bench/dp_overhead.py [--models small_cnn resnet18] [--steps 20] [--repeats 3]
 
-Each step is the project's own `src.client.training.train_epochs` (Adam, and under DP
+Each step is the project's own `src.training.loops.train_epochs` (Adam, and under DP
 Opacus' `make_private` with Poisson sampling, per-sample clipping and Gaussian noise of
-the σ that `src.client.privacy.plan` picks for a default hospital), with the default
+the σ that `src.training.privacy.plan` picks for a default hospital), with the default
 config's model hyperparameters, batch size 16 and 64 px images (`compose_config([])`).
 
 Data: a plain in-memory tensor dataset of random 1×64×64 images and labels, served as
@@ -83,8 +83,8 @@ def worker(model_name: str, mode: str, steps: int, repeats: int, threads: int, d
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    from src.client.privacy import plan
-    from src.client.training import resolve_device, train_epochs
+    from src.training.privacy import plan
+    from src.training.loops import resolve_device, train_epochs
     from src.config import compose_config
     from src.models.registry import build_model
 

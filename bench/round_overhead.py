@@ -26,9 +26,9 @@ from pathlib import Path
 from hydra.utils import to_absolute_path
 from rich.console import Console
 
-from src.launch.hospitals import hospital_nodes, prepare_federation
 from src.config import compose_config, to_run_config, validate
 from src.launch.federation import run_federation
+from src.launch.hospitals import hospital_nodes, prepare_federation
 
 RESULTS = Path(__file__).parent / "results" / "round_overhead.json"
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # the Flower app (pyproject.toml)

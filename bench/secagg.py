@@ -1,5 +1,5 @@
 """What secure aggregation costs a round: client and server compute and bytes sent for
-(a) plain FedAvg, (b) fedcxr's SecAgg+ (`src/strategies/secagg/`) and (c) Flower's own
+(a) plain FedAvg, (b) fedcxr's SecAgg+ (`src/secagg/`) and (c) Flower's own
 SecAgg+ (`SecAggPlusWorkflow` + `secaggplus_mod`, legacy API), side by side.
 
     python bench/secagg.py [--hospitals 3 10 30] [--lengths 1000000 11000000] [--repeats 3]
@@ -190,14 +190,14 @@ def run_plain(fed: Federation, cfg: dict) -> tuple[np.ndarray, float]:
 def run_secagg(fed: Federation, cfg: dict) -> tuple[np.ndarray, float]:
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-    from src.strategies.secagg import (
+    from src.secagg import (
         ClientSession,
         ServerSession,
         dequantize_mean,
         error_bound,
     )
-    from src.strategies.secagg.identity import consortium
-    from src.strategies.secure import keys_record, peers_keys, peers_record, round_keys
+    from src.secagg.identity import consortium
+    from src.secagg.records import keys_record, peers_keys, peers_record, round_keys
 
     state = {node: RecordDict() for node in fed.nodes}  # each hospital's Context.state
     identities = dict(zip(fed.nodes, consortium([f"hospital_{i}" for i in range(len(fed.nodes))]).values()))
@@ -520,7 +520,7 @@ def worker(hospitals: int, length: int, method: str, repeats: int, memory_limit_
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
 
-    from src.strategies.secagg import ServerSession
+    from src.secagg import ServerSession
 
     # what the ServerApp's runtime sets: instructions are created as the SuperLink's
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID

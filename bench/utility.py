@@ -36,14 +36,14 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from src.baselines import run_baselines
-from src.client.privacy import plan
-from src.client.training import local_training_view, predict_samples, train_epochs
 from src.config import compose_config
 from src.data.check import decode_all
 from src.data.federation import build_federation
 from src.metrics import classification_metrics
 from src.models.initial import save_initial_model
 from src.models.registry import build_model
+from src.training.loops import local_training_view, predict_samples, train_epochs
+from src.training.privacy import plan
 
 RESULTS = Path(__file__).parent / "results" / "utility.json"
 DATA = Path(__file__).resolve().parent.parent / "data" / "bench_utility"

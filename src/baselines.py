@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from src.client.privacy import plan
-from src.client.training import local_training_view, predict_samples, resolve_device, train_epochs
 from src.data.federation import Federation
 from src.data.layouts import Sample
 from src.metrics import classification_metrics
 from src.models.initial import load_initial_model
+from src.progress import progress_bar
 from src.server.report import HEADLINE
+from src.training.loops import local_training_view, predict_samples, resolve_device, train_epochs
+from src.training.privacy import plan
 
 
 def _train(cfg, initial: torch.nn.Module, samples: list[Sample], epochs: int, device, cache: Path) -> torch.nn.Module:
@@ -57,13 +57,12 @@ def _evaluate(cfg, model, samples: list[Sample], classes: list[str], device, cac
     return classification_metrics(labels, probs, classes)
 
 
-def run_baselines(cfg, run_dir: Path, progress: Callable[[str], None] | None = None) -> dict:
+def run_baselines(cfg, run_dir: Path) -> dict:
     """Train and evaluate the centralized and local-only baselines; write and return baselines.json.
 
     Runs in the launcher process once the federation has ended, so torch keeps its
     default thread count (the machine's cores) instead of a hospital's share.
     """
-    say = progress or (lambda _line: None)
     run_dir = Path(run_dir)
     federation = Federation.load(run_dir / "split.json")
     classes = federation.classes
@@ -72,23 +71,21 @@ def run_baselines(cfg, run_dir: Path, progress: Callable[[str], None] | None = N
     initial = load_initial_model(cfg, len(classes), run_dir)  # the federation's initial global model
     cache = run_dir / "features"  # a fixed front end's features, shared with the ServerApp's
     pooled_test = federation.select(split="test")
-
-    train = federation.select(split="train")
-    say(f"baseline centralized: {epochs} epochs on {len(train)} pooled training images")
-    model = _train(cfg, initial, train, epochs, device, cache)
-    out = {"budget_epochs": epochs,
-           "centralized": {"pooled": _evaluate(cfg, model, pooled_test, classes, device, cache)},
-           "local": {}}
-    for hospital in federation.hospitals:
-        train = federation.select(hospital, "train")
-        say(f"baseline local-only {hospital}: {epochs} epochs on {len(train)} training images")
-        model = _train(cfg, initial, train, epochs, device, cache)
-        out["local"][hospital] = {
-            "own": _evaluate(cfg, model, federation.select(hospital, "test"), classes, device, cache),
-            "pooled": _evaluate(cfg, model, pooled_test, classes, device, cache),
-        }
+    with progress_bar(f"baselines: centralized + {len(federation.hospitals)} local-only, {epochs} epochs each",
+                      1 + len(federation.hospitals)) as advance:
+        model = _train(cfg, initial, federation.select(split="train"), epochs, device, cache)
+        out = {"budget_epochs": epochs,
+               "centralized": {"pooled": _evaluate(cfg, model, pooled_test, classes, device, cache)},
+               "local": {}}
+        advance(1)
+        for hospital in federation.hospitals:
+            model = _train(cfg, initial, federation.select(hospital, "train"), epochs, device, cache)
+            out["local"][hospital] = {
+                "own": _evaluate(cfg, model, federation.select(hospital, "test"), classes, device, cache),
+                "pooled": _evaluate(cfg, model, pooled_test, classes, device, cache),
+            }
+            advance(1)
     (run_dir / "baselines.json").write_text(json.dumps(out, indent=1))
-    say(f"baselines: {run_dir / 'baselines.json'}")
     return out
 
 

@@ -39,9 +39,7 @@ def prepared(tmp_path_factory):
 @pytest.fixture(scope="module")
 def baselines(prepared):
     cfg, run_dir, _ = prepared
-    lines: list[str] = []
-    out = run_baselines(cfg, run_dir, progress=lines.append)
-    return out, lines
+    return run_baselines(cfg, run_dir)
 
 
 def check_metrics(m: dict, labels: list[int], n_classes: int) -> None:
@@ -57,7 +55,7 @@ def check_metrics(m: dict, labels: list[int], n_classes: int) -> None:
 
 def test_baselines_json_has_every_model_evaluated_on_the_right_test_sets(prepared, baselines):
     cfg, run_dir, _ = prepared
-    out, lines = baselines
+    out = baselines
     federation = Federation.load(run_dir / "split.json")
     k = len(federation.classes)
     assert json.loads((run_dir / "baselines.json").read_text()) == out
@@ -73,7 +71,6 @@ def test_baselines_json_has_every_model_evaluated_on_the_right_test_sets(prepare
         assert set(local) == {"own", "pooled"}
         check_metrics(local["own"], own[hospital], k)
         check_metrics(local["pooled"], pooled, k)
-    assert len(lines) == 1 + len(federation.hospitals) + 1  # one per model, then where the file is
 
 
 def test_private_baselines_draw_fresh_noise_under_the_same_seed(prepared, baselines):
@@ -84,13 +81,13 @@ def test_private_baselines_draw_fresh_noise_under_the_same_seed(prepared, baseli
     again.mkdir(exist_ok=True)
     shutil.copy(run_dir / "split.json", again / "split.json")
     second = run_baselines(cfg, again)
-    assert second["budget_epochs"] == baselines[0]["budget_epochs"]
-    assert second["centralized"]["pooled"]["num_examples"] == baselines[0]["centralized"]["pooled"]["num_examples"]
-    assert second != baselines[0]
+    assert second["budget_epochs"] == baselines["budget_epochs"]
+    assert second["centralized"]["pooled"]["num_examples"] == baselines["centralized"]["pooled"]["num_examples"]
+    assert second != baselines
 
 
 def test_markdown_puts_federated_centralized_and_local_models_side_by_side(baselines):
-    out, _ = baselines
+    out = baselines
     g = {"num_examples": 16, "auc": 0.812345, "accuracy": 0.5, "balanced_accuracy": None, "mcc": -0.25}
     results = {"final": {"global": g, "hospitals": {
         "hospital_1": {"num_examples": 28, "num_test_examples": 8, "auc": 0.9, "accuracy": 0.75,

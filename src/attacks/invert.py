@@ -42,11 +42,11 @@ from src.attacks.reconstruct import (
     match_features,
     recover_labels,
 )
-from src.client.privacy import plan
-from src.client.training import _Features, resolve_device, train_epochs
 from src.data.federation import Federation
 from src.data.reference import reference_samples
 from src.predict import decode, load_model
+from src.training.loops import _Features, resolve_device, train_epochs
+from src.training.privacy import plan
 
 SCENARIOS = ("gradient-1", "update", "update-dp", "secure-aggregate")
 CURVE_IMAGES = (1, 4, 16, 64)
@@ -242,7 +242,6 @@ def merge(trials: list[dict]) -> dict:
 
 def attack_aggregate(target: Target, delta, training: LocalTraining, pixels: int, refine: int = 0) -> dict:
     """The aggregate as one batch of all hospitals' images; scored against the audited hospital's."""
-    h = target.hospital
     n_all = sum(len(v) for v in target.labels.values())
     labels = recover_labels(delta[1], n_all, target.mean_prediction, training)
     start = time.perf_counter()

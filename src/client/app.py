@@ -96,7 +96,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 def warm_up() -> None:
     """What the train and evaluate handlers import, imported ahead (by the hospital's worker)."""
     import opacus  # noqa: F401
-    import src.client.training  # noqa: F401
+    import src.training.loops  # noqa: F401
     import src.metrics  # noqa: F401
     import src.models.registry  # noqa: F401
 
@@ -104,11 +104,11 @@ def warm_up() -> None:
 def train_round(msg: Message, context: Context) -> Message:
     """Local epochs (DP-SGD under privacy=dp); the update goes back in the clear (FedAvg, FedProx)
     or masked by secure aggregation (secagg)."""
-    from src.client import privacy
-    from src.client.training import local_training_view, resolve_device, train_epochs
+    from src.training import privacy
+    from src.training.loops import local_training_view, resolve_device, train_epochs
     from src.config import from_run_config
     from src.models.registry import trained_keys
-    from src.strategies.secure import flatten
+    from src.secagg.records import flatten
 
     _share_cpu(context)
     cfg = from_run_config(context.run_config)
@@ -192,7 +192,7 @@ def features_cache(context: Context) -> Path:
 
 def _evaluate(cfg, data: Federation, model, context: Context) -> dict:
     """The received model on this hospital's own test split."""
-    from src.client.training import predict_samples, resolve_device
+    from src.training.loops import predict_samples, resolve_device
     from src.metrics import classification_metrics
 
     labels, probs = predict_samples(model, data.select(split="test"), cfg.data, int(cfg.federation.batch_size),

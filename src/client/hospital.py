@@ -60,7 +60,7 @@ def policy(context: Context) -> Policy:
 
 def identity(context: Context):
     """The hospital's identity and the roster it checks its neighbours against."""
-    from src.strategies.secagg import Identity
+    from src.secagg import Identity
 
     settings = node_settings(context)
     return Identity.load(str(settings["hospital"]), Path(str(settings["identity-key"])),

@@ -1,4 +1,4 @@
-"""The hospital's side of `strategy=secagg` (`src/strategies/secagg/`, schedule in `src/strategies/secure.py`).
+"""The hospital's side of `strategy=secagg` (`src/secagg/`, schedule in `src/strategies/secure.py`).
 
 The train handler masks the update right after training (`contribute`) and answers
 with the masked vector and fresh public keys for the next round; the plain update
@@ -17,8 +17,8 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from src.client.hospital import identity, policy
-from src.strategies.secagg import ClientSession, SecAggError
-from src.strategies.secure import keys_record, peers_keys
+from src.secagg import ClientSession, SecAggError
+from src.secagg.records import keys_record, peers_keys
 
 PREFIX = "secagg-session."
 

@@ -25,7 +25,6 @@ import logging
 import os
 import threading
 import time
-import time
 import traceback
 from multiprocessing.connection import Client, Listener
 from pathlib import Path

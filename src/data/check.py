@@ -23,12 +23,21 @@ from rich.table import Table
 from src.config import compose_config
 from src.data.dataset import prepare
 from src.data.federation import Federation, build_federation
+from src.progress import progress_bar
 
 
 def decode_all(fed: Federation, data_cfg) -> Federation:
     """The federation with undecodable images skipped and counted."""
-    usable = prepare(fed.samples, data_cfg, fed.skips)
+    with progress_bar("decoding and caching images", len(fed.samples)) as advance:
+        usable = prepare(fed.samples, data_cfg, fed.skips, advance)
     return Federation(fed.classes, fed.hospitals, usable, fed.skips)
+
+
+def classes_source(data_cfg) -> str:
+    """Where the class names came from, for the report."""
+    if data_cfg.get("classes"):
+        return "data.classes"
+    return {"folder": "the class folders", "csv": "the labels in the CSV"}.get(data_cfg.layout, "the layout")
 
 
 def summary(fed: Federation, classes_from: str) -> dict:
@@ -46,7 +55,9 @@ def summary(fed: Federation, classes_from: str) -> dict:
             "total": {"usable": sum(h["usable_total"] for h in hospitals.values()), "skipped": fed.skips.total}}
 
 
-def report(fed: Federation, numbers: dict, console: Console) -> None:
+def report(fed: Federation, data_cfg, console: Console) -> dict:
+    """Print the classes, usable images, skipped files and totals; returns them as `summary` does."""
+    numbers = summary(fed, classes_source(data_cfg))
     console.print(f"classes: {', '.join(fed.classes)} ({numbers['classes_from']})", highlight=False)
     usable = Table(title="Usable images")
     for column in ["hospital", "split", *fed.classes, "total"]:
@@ -74,6 +85,7 @@ def report(fed: Federation, numbers: dict, console: Console) -> None:
         totals.add_row("(before partition)", "", str(sum(numbers["skipped_before_partition"].values())))
     totals.add_row("all", str(numbers["total"]["usable"]), str(numbers["total"]["skipped"]), style="bold")
     console.print(totals)
+    return numbers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, HydraException, OmegaConfBaseException) as e:
         console.print(f"[red]error:[/red] {e}", highlight=False)
         return 2
-    found_by = {"folder": "the class folders", "csv": "the labels in the CSV"}.get(cfg.data.layout, "the layout")
-    numbers = summary(fed, "data.classes" if cfg.data.get("classes") else found_by)
-    report(fed, numbers, console)
+    numbers = report(fed, cfg.data, console)
     if args.json:
         args.json.write_text(json.dumps(numbers, indent=1))
     empty = [h for h, splits in fed.counts().items() if not any(map(sum, splits.values()))]

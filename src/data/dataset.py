@@ -9,6 +9,7 @@ front and is where undecodable files are found, skipped and counted.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra.utils import to_absolute_path
@@ -54,8 +55,9 @@ def _unusable(error: BaseException) -> UnusableImage | None:
     return None
 
 
-def prepare(samples: list[Sample], data_cfg, skips: SkipLog) -> list[Sample]:
-    """Decode every sample into the cache once; return the ones that decoded.
+def prepare(samples: list[Sample], data_cfg, skips: SkipLog, advance: Callable[[int], None] = lambda n: None
+            ) -> list[Sample]:
+    """Decode every sample into the cache once; return the ones that decoded (`advance` counts them).
 
     A file that fails is skipped with one warning and counted in `skips`; the rest
     of the hospital is unaffected.
@@ -78,4 +80,5 @@ def prepare(samples: list[Sample], data_cfg, skips: SkipLog) -> list[Sample]:
             skips.skip_error(sample.path, unusable, sample.hospital or "-")
         else:
             usable.append(sample)
+        advance(1)
     return usable

@@ -22,9 +22,8 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
-from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +37,13 @@ from pydicom.uid import (
 )
 from scipy import ndimage
 
+from src.progress import progress_bar
+
 logging.getLogger("openjpeg").setLevel(logging.WARNING)  # it logs every encoded tile at INFO
 
 CLASSES = ("normal", "bacterial", "viral")
 VERSION = 1  # bump whenever the images change, so stale sets get regenerated
+CHUNK = 50   # images per task of the generating processes
 SIGN = 0.95  # overall strength of the pneumonia signs, calibrated by the difficulty bench
 
 
@@ -344,11 +346,12 @@ def labels(site: Site, n: int, rng) -> list[int]:
     return list(rng.permutation(np.repeat(np.arange(len(CLASSES)), counts)))
 
 
-def _write_hospital(out: Path, hospital: int, n: int, seed: int) -> None:
-    """Each image from its own random stream, so its pixels depend only on (seed, hospital, index)."""
+def _write_images(out: Path, hospital: int, n: int, seed: int, first: int, stop: int) -> int:
+    """Images `first`..`stop - 1` of a hospital of `n`; each from its own random stream, so its pixels
+    depend only on (seed, hospital, index) and any split of the work gives the same files."""
     site = hospital_site(hospital, seed)
     name = f"hospital_{hospital}"
-    for i, label in enumerate(labels(site, n, np.random.default_rng([seed, hospital, 1]))):
+    for i, label in list(enumerate(labels(site, n, np.random.default_rng([seed, hospital, 1]))))[first:stop]:
         rng = np.random.default_rng([seed, hospital, 2, i])
         female = bool(rng.random() < 0.5)
         stored = store(render(rng, site, int(label), female), site, rng)
@@ -356,6 +359,7 @@ def _write_hospital(out: Path, hospital: int, n: int, seed: int) -> None:
         path = out / name / CLASSES[label] / f"{uids['image']}.dcm"
         path.parent.mkdir(parents=True, exist_ok=True)
         dicom(stored, site, uids, rng, female).save_as(path, enforce_file_format=True)
+    return stop - first
 
 
 def _params(hospitals: int, images_per_hospital: int, seed: int) -> dict:
@@ -372,12 +376,16 @@ def generate(out: Path, hospitals: int, images_per_hospital: int, seed: int) -> 
     record.write_text(json.dumps(params | {"complete": False}) + "\n")  # ours, even if interrupted
     for old in out.glob("hospital_*"):
         shutil.rmtree(old)
-    # one process per hospital, up to the cores: each image depends only on (seed, hospital, index)
-    # (spawned, not forked: the caller may hold threads, e.g. torch's)
-    with ProcessPoolExecutor(max_workers=max(1, min(hospitals, os.cpu_count() or 1)),
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
-        list(pool.map(_write_hospital, repeat(out), range(1, hospitals + 1), repeat(images_per_hospital),
-                      repeat(seed)))
+    # chunks of images over processes, up to the cores (spawned, not forked: the caller may hold threads,
+    # e.g. torch's); a chunk's images do not depend on the chunking
+    chunks = [(h, first, min(first + CHUNK, images_per_hospital)) for h in range(1, hospitals + 1)
+              for first in range(0, images_per_hospital, CHUNK)]
+    with (ProcessPoolExecutor(max_workers=max(1, min(len(chunks), os.cpu_count() or 1)),
+                              mp_context=multiprocessing.get_context("spawn")) as pool,
+          progress_bar("generating synthetic hospitals", hospitals * images_per_hospital) as advance):
+        for done in as_completed([pool.submit(_write_images, out, h, images_per_hospital, seed, first, stop)
+                                  for h, first, stop in chunks]):
+            advance(done.result())
     sites = {f"hospital_{h}": hospital_site(h, seed).describe() for h in range(1, hospitals + 1)}
     params |= {"classes": list(CLASSES), "sites": sites, "complete": True}
     record.write_text(json.dumps(params, indent=2) + "\n")

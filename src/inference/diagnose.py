@@ -12,7 +12,6 @@ receives the head's weights. `--model-sha256` pins the served model.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomli_w
@@ -19,6 +20,16 @@ except ModuleNotFoundError:  # pragma: no cover
     import tomli as tomllib  # type: ignore[no-redef]
 
 _SCALAR = (str, int, float, bool)
+
+
+@dataclass
+class Hospital:
+    """One SuperNode. ``register=False`` starts it with a key the SuperLink does not
+    know, so it must be refused (to test authentication)."""
+
+    name: str
+    node_config: dict[str, str | int | float | bool] = field(default_factory=dict)
+    register: bool = True
 
 
 def check_hospital_name(name: str) -> None:

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import tomli_w
 
-from src.launch.configs import check_hospital_name, check_run_config, node_config_arg
+from src.launch.configs import Hospital, check_hospital_name, check_run_config, node_config_arg
 from src.launch.flwr_cli import CONNECTION, FlwrCli, parse_json_output
 from src.launch.following import follow_run
 from src.launch.processes import ProcessSupervisor
@@ -52,22 +52,13 @@ from src.launch.startup import (
     flower_bin,
     flower_env,
     prepare_dir,
+    stage_app,
     start_deployment,
     start_simulation,
     supernode_name,
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Hospital:
-    """One SuperNode. ``register=False`` starts it with a key the SuperLink does not
-    know, so it must be refused (to test authentication)."""
-
-    name: str
-    node_config: dict[str, str | int | float | bool] = field(default_factory=dict)
-    register: bool = True
 
 
 @dataclass
@@ -170,7 +161,7 @@ def run_federation(app_dir: Path, work_dir: Path, hospitals: list[Hospital],
                 start_simulation(sup, bin_dir, fed, startup_timeout_s, timings)
 
             t0 = time.monotonic()
-            args = ["run", str(app_dir), CONNECTION, "--format", "json"]
+            args = ["run", str(stage_app(app_dir, fed)), CONNECTION, "--format", "json"]
             if run_config:
                 rc_file = fed / "run_config.toml"
                 rc_file.write_text(tomli_w.dumps(run_config))

@@ -15,8 +15,8 @@ from rich.console import Console
 
 from src.data.check import decode_all, report
 from src.data.federation import Federation, build_federation
-from src.launch.federation import Hospital
-from src.strategies.secagg.identity import new_identity_key, write_roster
+from src.launch.configs import Hospital
+from src.secagg.identity import new_identity_key, write_roster
 
 
 def prepare_federation(cfg: DictConfig, run_dir: Path, console: Console) -> Federation:
@@ -24,7 +24,7 @@ def prepare_federation(cfg: DictConfig, run_dir: Path, console: Console) -> Fede
     if (run_dir / "split.json").exists():
         return Federation.load(run_dir / "split.json")
     federation = decode_all(build_federation(cfg.data, cfg.federation.num_hospitals, cfg.seed), cfg.data)
-    report(federation, console)
+    report(federation, cfg.data, console)
     empty = [h for h, splits in federation.counts().items() if not sum(splits["train"])]
     if empty:
         raise ValueError(f"data: no training image at {', '.join(empty)}")

@@ -18,17 +18,14 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import pathspec
 import tomli_w
 
 from src.launch.certificates import NodeKeyFiles, write_node_keys, write_tls_files
-from src.launch.configs import node_config_arg
+from src.launch.configs import Hospital, node_config_arg
 from src.launch.flwr_cli import CONNECTION, FlwrCli, parse_json_output
 from src.launch.processes import ProcessSupervisor, free_port
-
-if TYPE_CHECKING:
-    from src.launch.federation import Hospital
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +58,27 @@ def prepare_dir(fed: Path) -> Path:
     (fed / "logs").mkdir(parents=True)
     (fed / MARKER).touch()
     return fed
+
+
+def stage_app(app_dir: Path, fed: Path) -> Path:
+    """A copy of the app's own files (hidden and `.gitignore`d folders left out) for `flwr run`.
+
+    `flwr run <dir>` walks and resolves every file under `<dir>` before it filters them
+    into the app bundle: in a checkout with its virtual environment and data that is
+    ~80,000 files and 6 s of CPU per run. The copy holds only what the bundle can contain."""
+    ignore = app_dir / ".gitignore"
+    ignored = pathspec.GitIgnoreSpec.from_lines(ignore.read_text().splitlines() if ignore.exists() else [])
+    staged = fed / "app"
+    for folder, dirs, files in os.walk(app_dir):
+        relative = Path(folder).relative_to(app_dir)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"
+                   and not ignored.match_file(f"{(relative / d).as_posix()}/")]
+        for name in files:
+            source = Path(folder) / name
+            if not name.startswith(".") and not source.is_symlink() and not ignored.match_file((relative / name).as_posix()):
+                (staged / relative).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, staged / relative / name)
+    return staged
 
 
 def flower_env(fed: Path, bin_dir: Path) -> dict[str, str]:

@@ -13,20 +13,20 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from src.client.training import predict_samples, resolve_device
 from src.config import from_run_config
 from src.data.federation import Federation
 from src.metrics import classification_metrics
 from src.models.initial import load_initial_model
 from src.models.registry import trained_keys
+from src.server.announce import announce
 from src.server.dashboard import Dashboard
+from src.server.polling import poll_faster
 from src.server.readers import load_reads, score_reads
 from src.server.report import write_report
-from src.server.announce import announce
-from src.server.polling import poll_faster
 from src.server.results import RunRecord, progress_line
 from src.server.rounds import RoundFailed, run_rounds
-from src.strategies.observed import make_strategy
+from src.strategies.registry import make_strategy
+from src.training.loops import predict_samples, resolve_device
 
 app = ServerApp()
 
@@ -77,7 +77,7 @@ def main(grid: Grid, context: Context) -> None:
             entry["reader"] = score_reads(reads, labels, probs, federation.classes)
         record.save(state)
         latest.update(round=server_round, state=state, labels=labels, probs=probs)
-        announce(progress_line(entry, rounds))
+        announce(progress_line(entry, rounds, time.perf_counter() - started, server_round - first + 1))
 
     def finish_evaluation(server_round: int) -> None:
         """The hospitals' evaluation joins the round's entry; report and dashboard."""
@@ -88,6 +88,7 @@ def main(grid: Grid, context: Context) -> None:
         write_report(run_dir, record.save(latest["state"]), latest["labels"], latest["probs"])
         dashboard.log_round(entry, latest["labels"], latest["probs"], run_dir / "roc.png")
 
+    started = time.perf_counter()
     try:
         run_rounds(strategy, grid, ArrayRecord(model.state_dict()), range(first, rounds + 1),
                    min_answers=int(cfg.federation.min_hospitals), timeout=float(cfg.federation.round_timeout),

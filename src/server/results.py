@@ -105,7 +105,9 @@ def _replace(path: Path, write) -> None:
     tmp.replace(path)
 
 
-def progress_line(entry: dict, rounds: int) -> str:
+def progress_line(entry: dict, rounds: int, elapsed: float, rounds_done: int) -> str:
+    """One grep-able line per round; `elapsed` seconds since this run's first round began, over
+    `rounds_done` rounds, give the time left at the same pace."""
     g = entry["global"]
     shown = "  ".join(f"{k} {g[k]:.3f}" for k in HEADLINE if g.get(k) is not None)
     t = entry["time"]
@@ -113,4 +115,5 @@ def progress_line(entry: dict, rounds: int) -> str:
     trained = sum(bool(h.get("trained")) for h in entry["hospitals"].values())
     return (f"round {entry['round']}/{rounds}  {shown}  hospitals {trained}/{len(entry['hospitals'])}"
             + (f"  ε ≤ {max(spent):.2f}" if spent else "")
-            + f"  time {t.get('total', 0):.1f}s (train {t.get('train', 0):.1f}s)")
+            + f"  time {t.get('total', 0):.1f}s (train {t.get('train', 0):.1f}s)"
+            + f"  elapsed {elapsed:.0f}s, ~{elapsed / rounds_done * (rounds - entry['round']):.0f}s left")

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
+from src.secagg import SecAggError
 from src.strategies.observed import trained
-from src.strategies.secagg import SecAggError
 
 
 class RoundFailed(RuntimeError):

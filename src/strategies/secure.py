@@ -1,6 +1,6 @@
 """`strategy=secagg`: FedAvg (or FedProx local training) where the server sees only the sum.
 
-SecAgg+ (`src/strategies/secagg/`) has four stages: advertise keys, share keys,
+SecAgg+ (`src/secagg/`) has four stages: advertise keys, share keys,
 masked input, unmask. Only the last two need the round's update, and every extra
 exchange with the hospitals costs seconds of Flower's polling, so the strategy runs
 the first two stages of round r+1 inside messages of round r that are sent anyway:
@@ -31,17 +31,12 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedProx
 
+from src.secagg import BelowThresholdError, ServerSession, check_modulus, dequantize_mean
+from src.secagg.records import apply_update, flatten, peers_record, round_keys
 from src.strategies.observed import Observed, trained
-from src.strategies.secagg import (
-    BelowThresholdError,
-    RoundKeys,
-    ServerSession,
-    check_modulus,
-    dequantize_mean,
-)
 
 log = logging.getLogger("fedcxr")
 
@@ -51,50 +46,6 @@ def check_secagg(strategy, max_examples_per_hospital: int, num_hospitals: int) -
     check_modulus(int(strategy.quant_bits), max_examples_per_hospital, num_hospitals)
     ServerSession(1, range(1, num_hospitals + 1), 1, clip_range=float(strategy.clip_range),
                   quant_bits=int(strategy.quant_bits), num_shares=strategy.num_shares, threshold=strategy.threshold)
-
-
-def flatten(arrays: ArrayRecord, keys=None) -> np.ndarray:
-    """The floating-point arrays of a model (those named in `keys`, if given), in state_dict order,
-    as one float64 vector."""
-    return np.concatenate([a.numpy().astype(np.float64).ravel() for k, a in arrays.items()
-                           if (keys is None or k in keys) and np.issubdtype(a.numpy().dtype, np.floating)])
-
-
-def apply_update(arrays: ArrayRecord, delta: np.ndarray, keys=None) -> ArrayRecord:
-    """`arrays` + `delta` (as laid out by `flatten` with the same `keys`); other arrays are kept as they are."""
-    out, offset = {}, 0
-    for key, array in arrays.items():
-        value = array.numpy()
-        if (keys is None or key in keys) and np.issubdtype(value.dtype, np.floating):
-            value = (value + delta[offset:offset + value.size].reshape(value.shape)).astype(value.dtype)
-            offset += value.size
-        out[key] = Array(np.ascontiguousarray(value))
-    return ArrayRecord(array_dict=out)
-
-
-def keys_record(keys: RoundKeys) -> ConfigRecord:
-    """A hospital's signed round keys as a message record."""
-    return ConfigRecord({"name": keys.name, "c_pk": keys.c_pk, "s_pk": keys.s_pk, "commitment": keys.commitment,
-                         "signature": keys.signature})
-
-
-def round_keys(record) -> RoundKeys:
-    """`keys_record` read back; KeyError or TypeError when a field is missing."""
-    return RoundKeys(str(record["name"]), record["c_pk"], record["s_pk"], record["commitment"], record["signature"])
-
-
-def peers_record(server_round: int, peers: dict[int, RoundKeys]) -> ConfigRecord:
-    """The neighbours' signed keys a hospital needs for stage 2, one list per field."""
-    keys = list(peers.values())
-    return ConfigRecord({"round": server_round, "nodes": list(peers), "names": [k.name for k in keys],
-                         "c_pk": [k.c_pk for k in keys], "s_pk": [k.s_pk for k in keys],
-                         "commitments": [k.commitment for k in keys], "signatures": [k.signature for k in keys]})
-
-
-def peers_keys(record) -> dict[int, RoundKeys]:
-    """`peers_record` read back."""
-    fields = ("nodes", "names", "c_pk", "s_pk", "commitments", "signatures")
-    return {int(node): RoundKeys(str(name), *rest) for node, name, *rest in zip(*(record[f] for f in fields))}
 
 
 class SecureAggregationMixin:

@@ -9,8 +9,8 @@ import torch
 from omegaconf import OmegaConf
 
 from src.attacks.reconstruct import LocalTraining, features_of_one, match_features, recover_labels, replay
-from src.client.privacy import plan
-from src.client.training import _Features, train_epochs
+from src.training.loops import _Features, train_epochs
+from src.training.privacy import plan
 
 TRAINING = LocalTraining(lr=1.0, momentum=0.9, steps=3)
 

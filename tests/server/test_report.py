@@ -59,3 +59,13 @@ def test_a_round_is_evaluated_only_once_every_hospital_has_evaluated_it(tmp_path
     assert not record.evaluated(1)
     record.add_evaluation(1, {"hospitals": {"h2": {"num_test_examples": 8}}})
     assert record.evaluated(1)
+
+
+def test_the_round_line_says_the_time_spent_and_left_at_the_same_pace():
+    from src.server.results import progress_line
+
+    entry = {"round": 3, "global": {"auc": 0.9}, "time": {"total": 10.0, "train": 8.0},
+             "hospitals": {"h1": {"trained": True, "privacy": {"epsilon": 2.5}}, "h2": {"trained": False}}}
+    line = progress_line(entry, rounds=5, elapsed=30.0, rounds_done=2)  # resumed at round 2: 15 s a round
+    assert line.startswith("round 3/5  auc 0.900  hospitals 1/2  ε ≤ 2.50")
+    assert line.endswith("elapsed 30s, ~30s left")

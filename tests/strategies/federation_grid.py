@@ -15,9 +15,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 from flwr.serverapp import Grid
 
 from src.client import secure_aggregation
-from src.strategies.secagg import SecAggError, error_bound
-from src.strategies.secagg.identity import new_identity_key, write_roster
-from src.strategies.secure import SecureFedAvg, flatten
+from src.secagg import SecAggError, error_bound
+from src.secagg.identity import new_identity_key, write_roster
+from src.secagg.records import flatten
+from src.strategies.secure import SecureFedAvg
 
 NODES = [11, 22, 33, 44, 55]
 EXAMPLES = {11: 100, 22: 150, 33: 200, 44: 120, 55: 90}

@@ -11,11 +11,11 @@ from __future__ import annotations
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
+from src.secagg import BelowThresholdError, RoundKeys, SecAggError
+from src.secagg.identity import consortium
+from src.secagg.keys import generate_keypair
+from src.secagg.records import peers_keys, peers_record
 from src.server.rounds import RoundFailed, run_rounds
-from src.strategies.secagg import BelowThresholdError, RoundKeys, SecAggError
-from src.strategies.secagg.identity import consortium
-from src.strategies.secagg.keys import generate_keypair
-from src.strategies.secure import peers_keys, peers_record
 from tests.strategies.federation_grid import (
     NODES,
     Hospitals,

@@ -9,7 +9,8 @@ from flwr.app import ArrayRecord
 
 from src.config import compose_config
 from src.models.registry import build_model, trained_keys
-from src.strategies.secure import apply_update, check_secagg, flatten
+from src.secagg.records import apply_update, flatten
+from src.strategies.secure import check_secagg
 
 
 @pytest.mark.parametrize("model", ["small_cnn", "scatter_linear"])

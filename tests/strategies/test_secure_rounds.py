@@ -7,7 +7,7 @@ import logging
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
-from src.strategies.secagg import BelowThresholdError
+from src.secagg import BelowThresholdError
 from src.strategies.secure import SecureFedProx
 from tests.strategies.federation_grid import (
     NODES,

@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 
-from src.strategies.secagg import (
+from src.secagg import (
     check_modulus,
     dequantize_mean,
     encode,
     error_bound,
     quantize,
 )
-from src.strategies.secagg.encoding import _CHUNK
-from tests.strategies.secagg_round import Federation, random_inputs, reference_quantize
+from src.secagg.encoding import _CHUNK
+from tests.secagg.secagg_round import Federation, random_inputs, reference_quantize
 
 
 def test_quantize_matches_the_plain_formula_across_chunks():

@@ -5,9 +5,9 @@ import logging
 import numpy as np
 import pytest
 
-from src.strategies.secagg import BelowThresholdError, ClientSession, SecAggError
-from src.strategies.secagg.identity import consortium
-from tests.strategies.secagg_round import Federation, expected_sum, random_inputs
+from src.secagg import BelowThresholdError, ClientSession, SecAggError
+from src.secagg.identity import consortium
+from tests.secagg.secagg_round import Federation, expected_sum, random_inputs
 
 IDS = [3, 9, 27, 81, 243]
 L = 64

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from src.strategies.secagg import ClientSession
-from src.strategies.secagg.identity import consortium
-from tests.strategies.secagg_round import Federation, random_inputs
+from src.secagg import ClientSession
+from src.secagg.identity import consortium
+from tests.secagg.secagg_round import Federation, random_inputs
 
 IDS = [1, 2, 3]
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.client.privacy import plan
-from src.client.training import make_loader, train_epochs
 from src.config import compose_config
 from src.data.layouts import Sample
 from src.data.synthetic import generate
 from src.models.registry import build_model
+from src.training.loops import make_loader, train_epochs
+from src.training.privacy import plan
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import torch
 from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
 
-from src.client.privacy import Plan
 from src.data.layouts import Sample
 from src.models.features import raw_features
+from src.training.privacy import Plan
 
 
 def resolve_device(name: str) -> torch.device:

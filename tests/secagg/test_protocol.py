@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from src.strategies.secagg import BelowThresholdError, SecAggError, ServerSession
-from tests.strategies.secagg_round import Federation, expected_sum, random_inputs
+from src.secagg import BelowThresholdError, SecAggError, ServerSession
+from tests.secagg.secagg_round import Federation, expected_sum, random_inputs
 
 IDS3 = [7, 2**64 - 1, 123456789]  # Flower node ids are up to 64-bit
 IDS5 = [5, 17, 2**63 + 3, 40, 2**40]

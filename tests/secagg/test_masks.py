@@ -8,14 +8,14 @@ from scipy import stats
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from src.strategies.secagg.keys import generate_keypair, hkdf
-from src.strategies.secagg.masks import (
+from src.secagg.keys import generate_keypair, hkdf
+from src.secagg.masks import (
     _CHUNK_WORDS,
     add_pairwise,
     add_prg,
     pairwise_seed,
 )
-from tests.strategies.secagg_round import Federation, reference_quantize
+from tests.secagg.secagg_round import Federation, reference_quantize
 
 IDS = [2, 3, 5, 7, 11]
 L = 20_000

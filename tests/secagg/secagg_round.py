@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from src.strategies.secagg import ClientSession, ServerSession
-from src.strategies.secagg.identity import consortium
+from src.secagg import ClientSession, ServerSession
+from src.secagg.identity import consortium
 
 
 def reference_quantize(x, clip_range, quant_bits):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
-from src.client.privacy import Ledger, epsilon, plan
 from src.config import compose_config, validate
+from src.training.privacy import Ledger, epsilon, plan
 
 
 def settings(**privacy):
@@ -103,7 +103,7 @@ def test_every_registered_model_passes_the_opacus_check():
 
 def test_a_dp_round_takes_the_planned_steps_and_changes_the_model(tmp_path):
     """Opacus DP-SGD on real images: Poisson sampling takes exactly 1/q steps per epoch."""
-    from src.client.training import make_loader, train_epochs
+    from src.training.loops import make_loader, train_epochs
     from src.data.layouts import Sample
     from src.data.synthetic import generate
     from src.models.registry import build_model

@@ -2,12 +2,12 @@
 
 import pytest
 
-from src.strategies.secagg import (
+from src.secagg import (
     circulant_neighbours,
     default_num_shares,
     default_threshold,
 )
-from src.strategies.secagg.graph import components
+from src.secagg.graph import components
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 10, 17, 50, 100])

@@ -1,0 +1,1 @@
+"""What the hospitals and the server share: the training and prediction loops, DP-SGD planning and accounting."""

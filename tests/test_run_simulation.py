@@ -68,6 +68,18 @@ SMALL = ("federation.num_hospitals=2", "federation.rounds=2", "federation.local_
 THREE = ("federation.num_hospitals=3", "federation.min_hospitals=2")
 
 
+@pytest.fixture(scope="module")
+def hospitals(tmp_path_factory) -> tuple[str, ...]:
+    """Three synthetic hospitals, their decoded-image cache and a public reference set, made once for
+    the runs of this module (per test process); the overrides that point a run at them."""
+    from src.config import compose_config
+    from src.data.synthetic import ensure_synthetic
+
+    base = tmp_path_factory.mktemp("hospitals")
+    ensure_synthetic(base / "synthetic", 3, 40, int(compose_config([]).seed))
+    return (f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", f"reference.root={base / 'public'}")
+
+
 TRAINING_METRICS = {"num_examples", "train_loss", "train_seconds"}
 
 
@@ -127,16 +139,16 @@ def spend_privacy_budget(run_dir: Path, hospital: str) -> None:
 
 
 @pytest.mark.e2e
-def test_deployment_secure_aggregation_recovers_a_hospital_killed_mid_protocol(tmp_path):
+def test_deployment_secure_aggregation_recovers_a_hospital_killed_mid_protocol(hospitals, tmp_path):
     """The default run's privacy=dp strategy=secagg on three real SuperNodes. hospital_3's SuperNode
     is killed (SIGKILL) once it has shared its keys and is asked to train and send its masked
     update: the round completes with the other two, its masks recovered from their shares, and
     the run names the dead hospital."""
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={run_dir}",
-         f"data.root={tmp_path / 'synthetic'}", f"data.cache_dir={tmp_path / 'cache'}",
-         *SMALL, "federation.num_hospitals=3", "federation.rounds=1", "federation.round_timeout=120"],
+        # the survivors wait for the killed hospital until the stage times out (round_timeout)
+        [sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={run_dir}", *hospitals,
+         *SMALL, "federation.num_hospitals=3", "federation.rounds=1", "federation.round_timeout=60"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
@@ -166,25 +178,20 @@ def test_deployment_secure_aggregation_recovers_a_hospital_killed_mid_protocol(t
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(hospitals, tmp_path_factory):
     """`-m strategy=fedavg,secagg` in simulation mode: two runs of three hospitals without DP (training
     is then deterministic, so the two models can be compared), with a reader CSV."""
-    from src.config import compose_config
-    from src.data.synthetic import ensure_synthetic
-
     base = tmp_path_factory.mktemp("sweep")
-    cfg = compose_config([f"data.root={base / 'synthetic'}", *SMALL])
-    ensure_synthetic(base / "synthetic", 3, 40, int(cfg.seed))
-    images = sorted((base / "synthetic").rglob("*.dcm"))
+    synthetic = Path(hospitals[0].split("=", 1)[1])
+    images = sorted(synthetic.rglob("*.dcm"))
     classes = ["normal", "bacterial", "viral"]
-    reads = [(p.relative_to(base / "synthetic"), classes[(classes.index(p.parent.name) + (i % 5 == 0)) % 3])
+    reads = [(p.relative_to(synthetic), classes[(classes.index(p.parent.name) + (i % 5 == 0)) % 3])
              for i, p in enumerate(images)]  # a reader wrong on every fifth image
     (base / "reads.csv").write_text("image,label\n" + "".join(f"{image},{label}\n" for image, label in reads))
     proc = subprocess.run(
         [sys.executable, str(ROOT / "run_simulation.py"), "-m", f"hydra.sweep.dir={base / 'multirun'}",
-         f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", *SMALL, *THREE,
-         "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}", "privacy=none",
-         "strategy=fedavg,secagg"],
+         *hospitals, *SMALL, *THREE, "federation.mode=simulation", f"eval.reader_csv={base / 'reads.csv'}",
+         "privacy=none", "strategy=fedavg,secagg"],
         capture_output=True, text=True, timeout=600, cwd=base)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return base, proc
@@ -231,16 +238,14 @@ def test_simulation_multirun_sweeps_strategies_with_expert_reads(sweep):
 
 
 @pytest.mark.e2e
-def test_resume_continues_an_interrupted_private_run_with_a_declining_hospital(sweep, tmp_path):
+def test_resume_continues_an_interrupted_private_run_with_a_declining_hospital(hospitals, tmp_path):
     """DP-SGD, hospital_3's privacy budget already spent (it declines every round). Ctrl-C after
     round 1 of 2, then `resume=`: round 1 as recorded, round 2 trained with fresh DP noise, and ε
     carried over (never under-counted: a round trained before the interruption counts again when
     it is redone)."""
-    base, _ = sweep
     spend_privacy_budget(tmp_path / "run", "hospital_3")
     first = subprocess.Popen(
-        [sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={tmp_path / 'run'}",
-         f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", *SMALL, *THREE,
+        [sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={tmp_path / 'run'}", *hospitals, *SMALL, *THREE,
          "federation.mode=simulation", "strategy=fedavg",
          # a fixed σ and a cap with room for round 2 trained twice (once before the interruption, when
          # the hospitals are quicker than the Ctrl-C), which the ledger rightly counts twice
@@ -280,10 +285,10 @@ def test_resume_continues_an_interrupted_private_run_with_a_declining_hospital(s
 
 
 @pytest.mark.e2e
-def test_a_hospital_that_requires_secure_aggregation_refuses_a_plain_round(tmp_path):
+def test_a_hospital_that_requires_secure_aggregation_refuses_a_plain_round(hospitals, tmp_path):
     """Deployment, `strategy=fedavg` while every hospital's own policy requires secure aggregation:
     every hospital refuses to train, no model comes out, and the run fails with their reason."""
-    proc, run_dir = run(tmp_path, *SMALL, "federation.rounds=1", "strategy=fedavg",
+    proc, run_dir = run(tmp_path, *hospitals, *SMALL, *THREE, "federation.rounds=1", "strategy=fedavg",
                         "hospital.require_secure_aggregation=true")
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "declined by hospital_1" in proc.stdout and "declined by hospital_2" in proc.stdout

@@ -35,6 +35,14 @@ class EncryptedDiagnosis:
 
     def __init__(self, service: str, ca: Path | None = None, pin: str | None = None, timeout: float = 60.0):
         self.http = httpx.Client(base_url=service, verify=str(ca) if ca else True, timeout=timeout)
+        try:
+            self._open(pin)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, pin: str | None) -> None:
+        """The model's description (checked against `pin`), the front end, and this session's keys at the service."""
         self.info = self._get("/model").json()
         if pin and self.info["sha256"] != pin:
             raise ServiceError(f"the service serves model {self.info['sha256']}, not the pinned {pin}")
@@ -46,6 +54,16 @@ class EncryptedDiagnosis:
         self.front_end = front_end_module(self.info["model"], self._get("/front-end").content)
         self.keys = HospitalKeys(Layout(features=he["features"], classes=len(self.classes)))
         self.key_id = self._post("/keys", self.keys.galois_keys).json()["key_id"]
+
+    def close(self) -> None:
+        """Closes the connection: a service shutting down waits for open ones."""
+        self.http.close()
+
+    def __enter__(self) -> "EncryptedDiagnosis":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _request(self, method: str, url: str, **kwargs) -> httpx.Response:
         try:
@@ -95,7 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"service {args.service}: model sha256 {session.info['sha256']} ({session.info['model']['name']}), "
           f"key {session.key_id}", file=sys.stderr)
-    paths = image_paths(args.images)
+    with session:
+        return diagnose_all(session, image_paths(args.images), args.json)
+
+
+def diagnose_all(session: EncryptedDiagnosis, paths: list[Path], as_json: bool) -> int:
+    """Each batch of images that fits one ciphertext, encrypted, diagnosed and shown; unreadable ones skipped."""
     batch_size = session.info["encryption"]["images_per_ciphertext"]
     done = 0
     for first in range(0, len(paths), batch_size):
@@ -111,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         seconds = time.perf_counter() - start
         for (path, _), row in zip(batch, probabilities):
-            show(path, session.classes, row.tolist(), seconds, args.json)
+            show(path, session.classes, row.tolist(), seconds, as_json)
         done += len(batch)
     if done < len(paths):
         print(f"{len(paths) - done} of {len(paths)} image(s) skipped", file=sys.stderr)

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                                                model.config["name"])
     uvicorn.run(create_app(model, rate_per_minute=args.rate), host=args.host, port=args.port,
                 ssl_certfile=str(args.tls_cert) if args.tls_cert else None,
-                ssl_keyfile=str(args.tls_key) if args.tls_key else None, log_level="info")
+                ssl_keyfile=str(args.tls_key) if args.tls_key else None, log_level="info",
+                timeout_graceful_shutdown=10)  # requests in flight finish; an idle client cannot hold a stop up
     return 0
 
 

@@ -27,6 +27,7 @@ class Observed:
         super().__init__(*args, **kwargs)
         self.rounds: dict[int, dict] = defaultdict(lambda: {"hospitals": {}, "time": {}})
         self.names: dict[int, str] = {}  # node id -> hospital, learnt from the hospitals' answers
+        self.silent: set[int] = set()  # nodes that did not answer the last round's training
 
     def _hospital(self, msg) -> str:
         name = self.names[msg.metadata.src_node_id] = str(msg.content["hospital"]["name"])
@@ -44,7 +45,8 @@ class Observed:
         record["time"]["train"] = time.perf_counter() - record["started"]
         answered = {m.metadata.src_node_id for m in replies if not m.has_error()}
         # an error reply made by the SuperLink for a vanished node names the SuperLink as its source
-        record["failed"] = [self.names.get(node, f"node {node}") for node in record.pop("asked") if node not in answered]
+        self.silent = {node for node in record.pop("asked") if node not in answered}
+        record["failed"] = [self.names.get(node, f"node {node}") for node in sorted(self.silent)]
         for msg in replies:
             if not msg.has_error():
                 hospital = record["hospitals"].setdefault(self._hospital(msg), {})
@@ -62,6 +64,13 @@ class Observed:
     def aggregate_trained(self, server_round, answers):
         """The strategy's own aggregation over the hospitals that trained (a declined answer has no update)."""
         return super().aggregate_train(server_round, [m for m in answers if trained(m)])
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        """Flower's, less the hospitals that did not answer (or were left out of) the round's training:
+        the SuperLink notices a dead SuperNode only once its heartbeats stop (a minute), and asking
+        it would hold the evaluation up until the round timeout."""
+        return [m for m in super().configure_evaluate(server_round, arrays, config, grid)
+                if m.metadata.dst_node_id not in self.silent]
 
     def aggregate_evaluate(self, server_round, replies):
         replies = list(replies)

@@ -48,17 +48,17 @@ def service(tmp_path_factory):
     model = _model_file(tmp)
     tls = write_tls_files(tmp / "tls")
     port = free_port()
+    log = open(tmp / "service.log", "w")  # a file, not a pipe nobody reads: a full pipe would stall the service
     proc = subprocess.Popen([sys.executable, "-m", "src.inference.serve", "--model", str(model), "--port", str(port),
                              "--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key),
-                             "--rate", str(RATE)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                             "--rate", str(RATE)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url, deadline = f"https://127.0.0.1:{port}", time.monotonic() + 120
     while True:
         try:
             httpx.get(f"{url}/model", verify=str(tls.ca_cert)).raise_for_status()
             break
         except httpx.HTTPError:
-            assert proc.poll() is None, proc.stdout.read()
+            assert proc.poll() is None, (tmp / "service.log").read_text()
             assert time.monotonic() < deadline, "the service did not come up"
             time.sleep(0.3)
     yield url, tls.ca_cert, model
@@ -68,6 +68,7 @@ def service(tmp_path_factory):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    log.close()
 
 
 @pytest.fixture(scope="module")

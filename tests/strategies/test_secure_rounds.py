@@ -50,6 +50,9 @@ def test_a_hospital_that_vanishes_at_any_stage_leaves_the_sum_of_the_others(stag
         assert secure["left_out"] == [name] and s.rounds[1]["failed"] == [name]
     if stage == "train":
         assert secure["dropped"] == ["hospital_33"]  # shared its keys: its masks are recovered
+        # the SuperLink still lists it (its heartbeats have not run out yet): not asked to evaluate the model
+        asked = [m.metadata.dst_node_id for m in s.configure_evaluate(1, after, ConfigRecord(), grid)]
+        assert 33 in grid.get_node_ids() and sorted(asked) == [n for n in NODES if n != 33]
     if stage in ("train.secagg_consistency", "train.secagg_unmask"):
         assert secure["survivors"] == sorted(f"hospital_{n}" for n in NODES)
     # the next round goes on with the hospitals that are left (hospital 33 has vanished)

@@ -3,7 +3,8 @@
 Composes and validates the config once, prepares every hospital's data (generating
 the synthetic hospitals on first use), hands each hospital its own manifest, then
 runs the Flower ServerApp and one ClientApp per hospital: real SuperLink and
-SuperNode processes (`federation.mode=deployment`) or Flower's simulation engine.
+SuperNode processes (`federation.mode=deployment`) or Flower's simulation engine;
+with `launch=false` it prepares the run and prints the `flwr run .` commands instead.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from rich.table import Table
 from src.config import to_run_config, validate
 from src.launch.configs import Hospital
 from src.launch.federation import run_federation
+from src.launch.flwr_run import commands, write_flwr_files
 from src.server.announce import ANNOUNCE
 
 PROJECT_DIR = Path(__file__).resolve().parent
 
 
 RESUMABLE = ("federation.rounds", "federation.mode", "federation.round_timeout", "federation.min_hospitals",
-             "logger", "device", "hospital", "resume", "hydra")
+             "logger", "device", "hospital", "resume", "launch", "hydra")
 
 
 def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -95,6 +97,14 @@ def prepare_run(cfg: DictConfig, run_dir: Path, console: Console) -> tuple[DictC
     return cfg, run_dir, hospital_nodes(cfg, federation, run_dir)
 
 
+def run_timeout(cfg: DictConfig) -> float:
+    """The longest a healthy run can take: every exchange of every round waiting out `round_timeout` for
+    a vanished hospital (secure aggregation's first round has five exchanges, the others three), and the
+    last evaluation."""
+    exchanges = 5 + 3 * (int(cfg.federation.rounds) - 1) if cfg.strategy.name == "secagg" else int(cfg.federation.rounds)
+    return float(cfg.federation.round_timeout) * (exchanges + 1)
+
+
 def add_baselines(cfg: DictConfig, run_dir: Path, results: dict, console: Console) -> None:
     """Centralized and local-only models with the federation's budget, beside it in report.md."""
     from src.baselines import baselines_markdown, run_baselines  # torch and MONAI: only when asked for
@@ -122,10 +132,16 @@ def main(cfg: DictConfig) -> None:
         console.print(f"[red]error:[/red] {e}", highlight=False)
         sys.exit(2)
     mode = cfg.federation.mode
+    if not cfg.launch:
+        write_flwr_files(run_dir, to_run_config(cfg, run_dir))
+        console.print(f"prepared {run_dir}; to run it with Flower's CLI ({mode}):")
+        for line in commands(PROJECT_DIR, run_dir, hospitals, mode):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        return
     console.print(f"{mode}: {len(hospitals)} hospitals, {cfg.federation.rounds} rounds, run dir {run_dir}")
     outcome = run_federation(
         PROJECT_DIR, run_dir, hospitals, to_run_config(cfg, run_dir), mode=mode,
-        timeout_s=float(cfg.federation.round_timeout) * (int(cfg.federation.rounds) + 1),
+        timeout_s=run_timeout(cfg),
         on_log_line=lambda line: console.print(line[len(ANNOUNCE):], highlight=False, markup=False,
                                                soft_wrap=True) if line.startswith(ANNOUNCE) else None,
     )

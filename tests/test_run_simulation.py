@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -148,7 +149,7 @@ def test_deployment_secure_aggregation_recovers_a_hospital_killed_mid_protocol(h
     proc = subprocess.Popen(
         # the survivors wait for the killed hospital until the stage times out (round_timeout)
         [sys.executable, str(ROOT / "run_simulation.py"), f"hydra.run.dir={run_dir}", *hospitals,
-         *SMALL, "federation.num_hospitals=3", "federation.rounds=1", "federation.round_timeout=60"],
+         *SMALL, "federation.num_hospitals=3", "federation.rounds=1", "federation.round_timeout=25"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
@@ -296,6 +297,38 @@ def test_a_hospital_that_requires_secure_aggregation_refuses_a_plain_round(hospi
     results = json.loads((run_dir / "results.json").read_text())
     assert results["rounds"] == [] and "policy hospital.require_secure_aggregation" in results["stopped"]
     assert not (run_dir / "model.pt").exists()
+
+
+@pytest.mark.e2e
+def test_flwr_run_runs_a_prepared_run_in_flowers_simulation_runtime(hospitals, tmp_path):
+    """`launch=false` prepares the run and prints Flower's own commands; run as printed (on a free port
+    here), a simulation SuperLink and `flwr run .` train the federation and leave the run's results."""
+    from src.launch.processes import ProcessSupervisor, free_port, port_in_use
+
+    proc, run_dir = run(tmp_path, *hospitals, *SMALL, *THREE, "federation.rounds=1", "federation.mode=simulation",
+                        "launch=false", timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    printed = [line for line in proc.stdout.splitlines() if line.startswith(("cd ", "export ", "flower-", "flwr "))]
+    assert printed[:2] == [f"cd {ROOT}", f"export FLWR_HOME={run_dir / 'flwr_home'}"]
+    superlink, submit = printed[2:]
+    assert superlink.endswith("--simulation &") and "--disable-runtime-dependency-installation" in superlink
+    assert submit.startswith("flwr run . fedcxr --run-config") and "num-supernodes=3" in submit
+    assert not (run_dir / "results.json").exists()
+
+    port = free_port()
+    home = run_dir / "flwr_home"
+    (home / "config.toml").write_text((home / "config.toml").read_text().replace(":9093", f":{port}"))
+    env = os.environ | {"FLWR_HOME": str(home), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    with ProcessSupervisor(tmp_path / "logs", env) as processes:  # the SuperLink starts its executor detached
+        processes.start("superlink", shlex.split(superlink.removesuffix(" &").replace("9093", str(port))), cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while not port_in_use(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        flwr = subprocess.run(shlex.split(submit), env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert flwr.returncode == 0 and "round 1/1" in flwr.stdout, flwr.stdout[-3000:] + flwr.stderr[-3000:]
+    results = check_results(run_dir, {"hospital_1", "hospital_2", "hospital_3"}, [1])
+    assert results["config"]["strategy"]["name"] == "secagg" and results["config"]["privacy"]["name"] == "dp"
+    assert (run_dir / "report.md").exists()
 
 
 def test_a_resumed_run_keeps_its_config_but_may_run_longer(tmp_path):

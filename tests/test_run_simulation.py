@@ -10,9 +10,12 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 
+import psutil
 import pytest
+import tomli_w
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,13 +124,10 @@ def check_results(run_dir: Path, hospitals: set[str], rounds: list[int]) -> dict
 
 def supernode_of(hospital: str) -> int | None:
     """The pid of the SuperNode process serving `hospital` (its manifest is in its command line)."""
-    for entry in Path("/proc").iterdir():
-        try:
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or ())
         if ("flower-supernode" in cmdline or "src.launch.supernode" in cmdline) and f"hospitals/{hospital}.json" in cmdline:
-            return int(entry.name)
+            return process.pid
     return None
 
 
@@ -286,23 +286,11 @@ def test_resume_continues_an_interrupted_private_run_with_a_declining_hospital(h
 
 
 @pytest.mark.e2e
-def test_a_hospital_that_requires_secure_aggregation_refuses_a_plain_round(hospitals, tmp_path):
-    """Deployment, `strategy=fedavg` while every hospital's own policy requires secure aggregation:
-    every hospital refuses to train, no model comes out, and the run fails with their reason."""
-    proc, run_dir = run(tmp_path, *hospitals, *SMALL, *THREE, "federation.rounds=1", "strategy=fedavg",
-                        "hospital.require_secure_aggregation=true")
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "declined by hospital_1" in proc.stdout and "declined by hospital_2" in proc.stdout
-    assert "policy hospital.require_secure_aggregation" in proc.stdout
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["rounds"] == [] and "policy hospital.require_secure_aggregation" in results["stopped"]
-    assert not (run_dir / "model.pt").exists()
-
-
-@pytest.mark.e2e
-def test_flwr_run_runs_a_prepared_run_in_flowers_simulation_runtime(hospitals, tmp_path):
+def test_flwr_run_runs_a_prepared_run_and_hospitals_refuse_a_plain_round(hospitals, tmp_path):
     """`launch=false` prepares the run and prints Flower's own commands; run as printed (on a free port
-    here), a simulation SuperLink and `flwr run .` train the federation and leave the run's results."""
+    here), a simulation SuperLink and `flwr run .` train the federation and leave the run's results.
+    Then a lying server submits the same run as plain FedAvg: every hospital's own policy (from its
+    node settings, not the server) requires secure aggregation, so each refuses and no round happens."""
     from src.launch.processes import ProcessSupervisor, free_port, port_in_use
 
     proc, run_dir = run(tmp_path, *hospitals, *SMALL, *THREE, "federation.rounds=1", "federation.mode=simulation",
@@ -325,10 +313,20 @@ def test_flwr_run_runs_a_prepared_run_in_flowers_simulation_runtime(hospitals, t
         while not port_in_use(port) and time.monotonic() < deadline:
             time.sleep(0.2)
         flwr = subprocess.run(shlex.split(submit), env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert flwr.returncode == 0 and "round 1/1" in flwr.stdout, flwr.stdout[-3000:] + flwr.stderr[-3000:]
-    results = check_results(run_dir, {"hospital_1", "hospital_2", "hospital_3"}, [1])
-    assert results["config"]["strategy"]["name"] == "secagg" and results["config"]["privacy"]["name"] == "dp"
-    assert (run_dir / "report.md").exists()
+        assert flwr.returncode == 0 and "round 1/1" in flwr.stdout, flwr.stdout[-3000:] + flwr.stderr[-3000:]
+        results = check_results(run_dir, {"hospital_1", "hospital_2", "hospital_3"}, [1])
+        assert results["config"]["strategy"]["name"] == "secagg" and results["config"]["privacy"]["name"] == "dp"
+        assert (run_dir / "report.md").exists()
+
+        run_config = tomllib.loads((run_dir / "run_config.toml").read_text())
+        plain = json.loads(run_config["config"]) | {"strategy": {"name": "fedavg"}}
+        (tmp_path / "plain.toml").write_text(tomli_w.dumps(run_config | {"config": json.dumps(plain)}))
+        refused = subprocess.run(shlex.split(submit.replace(str(run_dir / "run_config.toml"), str(tmp_path / "plain.toml"))),
+                                 env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "declined by hospital_1" in refused.stdout and "declined by hospital_3" in refused.stdout, refused.stdout[-3000:]
+    assert "policy hospital.require_secure_aggregation" in refused.stdout
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["rounds"] == [] and "policy hospital.require_secure_aggregation" in results["stopped"]
 
 
 def test_a_resumed_run_keeps_its_config_but_may_run_longer(tmp_path):

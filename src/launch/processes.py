@@ -4,11 +4,9 @@ Flower's processes do not stay in the process group they are started in:
 ``flower-superlink`` and ``flower-supernode`` start ``flower-superexec`` in a new
 session, which starts ``flwr-serverapp`` / ``flwr-clientapp`` / ``flwr-simulation``
 (and Ray's daemons in simulation mode). ``killpg`` on the first process misses them,
-so teardown walks ``/proc`` for descendants, remembers every descendant it has seen
-(pid + start time, so a recycled pid is never hit), and, as this process is made a
-child subreaper, also finds grandchildren whose parents died first.
-
-Linux only (``/proc``, ``prctl``).
+so teardown looks up every descendant (psutil), remembers each one it has seen (pid +
+creation time, so a recycled pid is never hit), and, as this process is made a child
+subreaper where the OS has one (Linux), also finds grandchildren whose parents died first.
 """
 
 from __future__ import annotations
@@ -25,6 +23,8 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+import psutil
 
 _PR_SET_CHILD_SUBREAPER = 36
 _FLOWER_PREFIXES = ("flower-", "flwr")
@@ -66,12 +66,13 @@ def wait_port_free(port: int, timeout: float = 5.0, host: str = "127.0.0.1") -> 
     return True
 
 
-# ------------------------------------------------------------------ /proc
+# ------------------------------------------------------------------ process tree
 def become_subreaper() -> bool:
     """Make orphaned descendants re-parent to this process instead of PID 1.
 
     Then a grandchild whose parent was killed first is still found (as our child) and
-    reaped. Returns False where ``prctl`` is unavailable.
+    reaped. Linux only (psutil has no equivalent); returns False where ``prctl`` is
+    unavailable.
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -80,57 +81,31 @@ def become_subreaper() -> bool:
         return False
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name: [state, ppid, pgrp, sid, ...]."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text.rsplit(")", 1)[1].split()
-
-
-def start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (identifies it across pid reuse)."""
-    fields = _stat(pid)
-    return int(fields[19]) if fields else None
+def start_time(pid: int) -> float | None:
+    """When ``pid`` started (identifies it across pid reuse); None if it is gone."""
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).create_time()
+    return None
 
 
 def is_alive(pid: int) -> bool:
     """Exists and is not a zombie."""
-    fields = _stat(pid)
-    return bool(fields) and fields[0] not in ("Z", "X")
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    return False
 
 
 def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-            "utf-8", "replace").strip()
-    except OSError:
-        return ""
+    with contextlib.suppress(psutil.Error):
+        return " ".join(psutil.Process(pid).cmdline())
+    return ""
 
 
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        fields = _stat(int(entry.name))
-        if fields:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    return children
-
-
-def descendants(pid: int, children: dict[int, list[int]] | None = None) -> set[int]:
+def descendants(pid: int) -> set[int]:
     """All descendants of ``pid`` (not ``pid`` itself), whatever their session or group."""
-    children = _children_map() if children is None else children
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
+    with contextlib.suppress(psutil.Error):
+        return {child.pid for child in psutil.Process(pid).children(recursive=True)}
+    return set()
 
 
 def flower_descendants(pid: int | None = None) -> dict[int, str]:
@@ -216,12 +191,11 @@ def kill_pids(roots: Iterable[int], *, grace: float = 5.0,
     extra = set(also)
     victims: set[int] = set()
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        children = _children_map()
         for root in roots:
-            victims |= {root} | descendants(root, children)
+            victims |= {root} | descendants(root)
         victims |= extra
         for pid in list(victims):
-            victims |= descendants(pid, children)
+            victims |= descendants(pid)
         victims.discard(own)
         victims = {p for p in victims if is_alive(p)}
         if not victims:
@@ -243,15 +217,10 @@ _MANAGED: set[int] = set()  # pids that a Popen object will wait for: never reap
 def reap_orphans() -> None:
     """Reap zombie children of this process that no ``Popen`` owns (re-parented
     orphans, as this process is a subreaper)."""
-    own = os.getpid()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        fields = _stat(pid)
-        if fields and int(fields[1]) == own and fields[0] == "Z" and pid not in _MANAGED:
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error, ChildProcessError, OSError):
+            if child.pid not in _MANAGED and child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
 
 
 # ------------------------------------------------------------------ supervisor
@@ -270,7 +239,7 @@ class ProcessSupervisor:
         self.env = env
         self.procs: dict[str, subprocess.Popen] = {}
         # every descendant ever seen: pid -> (start time, name of the managed root)
-        self._seen: dict[int, tuple[int, str]] = {}
+        self._seen: dict[int, tuple[float, str]] = {}
         self._preexisting = descendants(os.getpid())
         become_subreaper()
 
@@ -301,9 +270,8 @@ class ProcessSupervisor:
     # -- watching
     def snapshot(self) -> None:
         """Remember every current descendant of the managed processes."""
-        children = _children_map()
         for name, proc in self.procs.items():
-            for pid in descendants(proc.pid, children):
+            for pid in descendants(proc.pid):
                 if pid not in self._seen:
                     st = start_time(pid)
                     if st is not None:

@@ -18,10 +18,12 @@ import time
 import tomllib
 from pathlib import Path
 
+import psutil
 import pytest
 
 from src.launch import startup
-from src.launch.federation import Hospital, run_federation
+from src.launch.configs import Hospital
+from src.launch.federation import run_federation
 from src.launch.flwr_cli import CONNECTION
 from src.launch.processes import flower_descendants, port_in_use
 
@@ -32,19 +34,14 @@ REPO = Path(__file__).resolve().parents[2]
 # ------------------------------------------------------------------ helpers
 def processes_of(work_dir: Path) -> dict[int, str]:
     """Live processes whose FLWR_HOME lies under work_dir: {pid: command line}."""
-    needle = f"FLWR_HOME={work_dir}".encode()
     found = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+    for process in psutil.process_iter(["cmdline", "status"]):
         try:
-            env = Path(entry.path, "environ").read_bytes()
-            state = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
+            home = process.environ().get("FLWR_HOME", "")
+        except psutil.Error:
             continue
-        if state != "Z" and any(v.startswith(needle) for v in env.split(b"\0")):
-            found[int(entry.name)] = Path(entry.path, "cmdline").read_bytes().replace(
-                b"\0", b" ").decode(errors="replace")
+        if process.info["status"] != psutil.STATUS_ZOMBIE and home.startswith(str(work_dir)):
+            found[process.pid] = " ".join(process.info["cmdline"] or ())
     return found
 
 

@@ -10,7 +10,11 @@ so it is the round's critical path), the rest of the round (ClientApp process st
 model transport, the hospitals' evaluation of the previous round's model, which rides
 on the train message, aggregation, the pooled evaluation), the hospitals' evaluation of
 the last model, and teardown.
-Everything that is not local training is overhead. Writes bench/results/round_overhead.json.
+Everything that is not local training is overhead. Each measurement is kept in
+bench/results/round_overhead.json under a label (`--label`, default "default"), beside the
+earlier ones, so that before and after, or FedAvg and secure aggregation, sit in one file.
+
+    python bench/round_overhead.py --label fedavg strategy=fedavg
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ RESULTS = Path(__file__).parent / "results" / "round_overhead.json"
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # the Flower app (pyproject.toml)
 
 
-def main(overrides: list[str]) -> dict:
+def main(label: str, overrides: list[str]) -> dict:
     cfg = compose_config(["logger=none", *overrides])
     validate(cfg)
     cfg.data.root = to_absolute_path(str(cfg.data.root))
@@ -70,6 +74,7 @@ def main(overrides: list[str]) -> dict:
     local = sum(r["local_training_max_s"] for r in rounds)
     in_rounds = sum(r["total_s"] for r in rounds)
     report = {
+        "overrides": overrides,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "config": {k: results["config"]["federation"][k] for k in
                    ("mode", "num_hospitals", "rounds", "local_epochs", "batch_size")}
@@ -97,9 +102,18 @@ def main(overrides: list[str]) -> dict:
     print(f"local training {local:.1f} s of {wall:.1f} s: overhead {report['overhead_share']:.0%} of the wall time, "
           f"{report['overhead_share_within_rounds']:.0%} within the rounds")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=1))
+    runs = json.loads(RESULTS.read_text()).get("runs", {}) if RESULTS.exists() else {}
+    runs[label] = report
+    out = {"runs": runs}
+    if {"default", "fedavg"} <= set(runs):  # secure aggregation's cost inside the run, first round's key setup included
+        secure, plain = (sum(r["total_s"] for r in runs[k]["rounds"]) for k in ("default", "fedavg"))
+        out["secure_aggregation_added_to_rounds"] = secure / plain - 1
+        print(f"secure aggregation adds {secure / plain - 1:.0%} to the rounds ({secure:.1f} s vs FedAvg's {plain:.1f} s)")
+    RESULTS.write_text(json.dumps(out, indent=1))
     return report
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    label = args[args.index("--label") + 1] if "--label" in args else "default"
+    main(label, [a for i, a in enumerate(args) if a != "--label" and (i == 0 or args[i - 1] != "--label")])

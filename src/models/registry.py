@@ -128,6 +128,9 @@ def mobilenet_v2(
     MONAI has no MobileNetV2. torchvision's inverted residual already adds out of place
     (`x + self.conv(x)`); only its ReLU6(inplace=True) needs switching off. Its depthwise
     convolutions get Opacus' exact fast per-sample-gradient path (src/models/grouped_conv.py).
+    Each residual block's last norm starts at zero, so every block starts as the identity
+    (torchvision's `zero_init_residual` for ResNets, Goyal et al. 2017): with GroupNorm
+    from scratch MobileNetV2 otherwise stays near chance on the synthetic hospitals.
     """
     from torchvision.models import MobileNetV2
 
@@ -135,6 +138,9 @@ def mobilenet_v2(
         num_classes=num_classes, width_mult=width_mult, dropout=dropout, norm_layer=_group_norm(norm_groups)
     )
     model.features[0][0] = _grayscale_conv(model.features[0][0])
+    for block in model.features:
+        if getattr(block, "use_res_connect", False):
+            nn.init.zeros_(block.conv[-1].weight)
     return model
 
 

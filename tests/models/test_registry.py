@@ -157,6 +157,14 @@ def test_hyperparameters_take_effect():
     assert build_model({"name": "resnet18"}, num_classes=7).fc.out_features == 7
 
 
+def test_mobilenet_residual_blocks_start_as_the_identity():
+    model = build_model({"name": "mobilenet_v2"}, num_classes=2).eval()
+    residual = [block for block in model.features if getattr(block, "use_res_connect", False)]
+    assert len(residual) == 10
+    x = torch.randn(2, residual[0].conv[-1].num_channels, 8, 8)
+    torch.testing.assert_close(residual[0](x), x)
+
+
 def blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Noisy images with one bright Gaussian blob, in the left half (class 0) or the right half (class 1)."""
     g = torch.Generator().manual_seed(seed)

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             p = probabilities(model, image)
             show(path, classes, p, time.perf_counter() - start, args.json)
-            rows.writerow([str(path), *(f"{x:.6f}" for x in p), classes[max(range(len(p)), key=p.__getitem__)]])
+            rows.writerow([str(path), *(f"{x:.6f}" for x in p), classes[p.index(max(p))]])
             done += 1
     if done < len(paths):
         print(f"{len(paths) - done} of {len(paths)} image(s) skipped", file=sys.stderr)

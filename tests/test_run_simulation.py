@@ -305,10 +305,12 @@ def test_flwr_run_runs_a_prepared_run_and_hospitals_refuse_a_plain_round(hospita
 
     port = free_port()
     home = run_dir / "flwr_home"
-    (home / "config.toml").write_text((home / "config.toml").read_text().replace(":9093", f":{port}"))
+    connection = (home / "config.toml").read_text().replace("127.0.0.1:9093", f"127.0.0.1:{port}")
+    (home / "config.toml").write_text(connection)
     env = os.environ | {"FLWR_HOME": str(home), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with ProcessSupervisor(tmp_path / "logs", env) as processes:  # the SuperLink starts its executor detached
-        processes.start("superlink", shlex.split(superlink.removesuffix(" &").replace("9093", str(port))), cwd=ROOT)
+        command = superlink.removesuffix(" &").replace("--port 9093", f"--port {port}")
+        processes.start("superlink", shlex.split(command), cwd=ROOT)
         deadline = time.monotonic() + 60
         while not port_in_use(port) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -351,8 +351,9 @@ def _write_images(out: Path, hospital: int, n: int, seed: int, first: int, stop:
     depend only on (seed, hospital, index) and any split of the work gives the same files."""
     site = hospital_site(hospital, seed)
     name = f"hospital_{hospital}"
-    for i, label in list(enumerate(labels(site, n, np.random.default_rng([seed, hospital, 1]))))[first:stop]:
-        rng = np.random.default_rng([seed, hospital, 2, i])
+    every_label = labels(site, n, np.random.default_rng([seed, hospital, 1]))
+    for i in range(first, stop):
+        label, rng = every_label[i], np.random.default_rng([seed, hospital, 2, i])
         female = bool(rng.random() < 0.5)
         stored = store(render(rng, site, int(label), female), site, rng)
         uids = {k: generate_uid(entropy_srcs=[str(seed), name, str(i), k]) for k in ("image", "study", "series")}

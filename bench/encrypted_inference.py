@@ -11,6 +11,10 @@ both accuracies. Beside it, in the same run, TenSEAL's stock path for an encrypt
 `conv2d_im2col`, `mm`) on the same first test image, resized to the tutorial's 28×28: at
 64×64 its im2col encoding (400 windows × 49) no longer fits one ciphertext of N = 8192
 ("can't execute conv2d_im2col on chunked vectors"). Untrained: it is there for its cost.
+And TenSEAL's stock vector–matrix product (`CKKSVector.mm`, all power-of-two rotation keys)
+for the same served head on the same first image's features, at fedcxr's parameters: the
+same computation without fedcxr's packing (its answer also carries partial sums of the
+weights, which fedcxr's mask removes).
 Writes bench/results/encrypted_inference.json.
 """
 
@@ -65,6 +69,24 @@ def tenseal_stock_cnn(image: torch.Tensor, classes: int) -> dict:
     return {"keygen_s": keygen_s, "key_bytes": len(ctx.serialize(save_secret_key=False)),
             "encrypt_s": encrypt_s, "service_s": service_s, "decrypt_s": decrypt_s,
             "up_bytes": len(enc_x.serialize()), "down_bytes": len(out.serialize())}
+
+
+def tenseal_stock_head(features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> dict:
+    """The served linear head by TenSEAL's own `mm` on one image's features (N = 8192, 60+40+40+60, 2^40)."""
+    def make():
+        ctx = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40, 60])
+        ctx.global_scale = 2**40
+        ctx.generate_galois_keys()
+        return ctx
+
+    ctx, keygen_s = cpu(make)
+    enc_x, encrypt_s = cpu(lambda: ts.ckks_vector(ctx, features.tolist()))
+    out, service_s = cpu(lambda: enc_x.mm(weight.T.tolist()) + bias.tolist())
+    scores, decrypt_s = cpu(out.decrypt)
+    return {"keygen_s": keygen_s, "key_bytes": len(ctx.serialize(save_secret_key=False)),
+            "encrypt_s": encrypt_s, "service_s": service_s, "decrypt_s": decrypt_s,
+            "up_bytes": len(enc_x.serialize()), "down_bytes": len(out.serialize()),
+            "max_score_difference": float(np.abs(np.asarray(scores) - (weight @ features + bias)).max())}
 
 
 def _tutorial_context():
@@ -126,24 +148,29 @@ def main() -> None:
         "accuracy_encrypted": float(np.mean(encrypted.argmax(1) == labels)),
     }
     stock = tenseal_stock_cnn(images[0][1], len(classes))
+    head = tenseal_stock_head(features[0], served.weight, served.bias)
     report = {"machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
               "run_dir": str(args.run_dir), "model_sha256": served.sha256, "fedcxr": fedcxr,
-              "tenseal_stock_cnn_one_image": stock,
+              "tenseal_stock_cnn_one_image": stock, "tenseal_stock_mm_same_head_one_image": head,
               "ratios": {"service_cpu_stock_over_fedcxr_one_image": stock["service_s"] / single_srv,
-                         "upload_stock_over_fedcxr_one_image": stock["up_bytes"] / len(single_up)}}
+                         "upload_stock_over_fedcxr_one_image": stock["up_bytes"] / len(single_up),
+                         "service_cpu_stock_mm_over_fedcxr_one_image": head["service_s"] / single_srv,
+                         "keys_stock_mm_over_fedcxr": head["key_bytes"] / fedcxr["key_bytes"]}}
     one = fedcxr["one_image"]
-    print(f"{'':28s} {'fedcxr, 1 image':>16s} {'fedcxr, batched':>16s} {'TenSEAL CNN':>12s}")
+    print(f"{'':28s} {'fedcxr, 1 image':>16s} {'fedcxr, batched':>16s} {'stock mm, head':>15s} {'TenSEAL CNN':>12s}")
     print(f"{'hospital encrypt+decrypt s':28s} {one['encrypt_s'] + one['decrypt_s']:16.4f} "
           f"{fedcxr['batched']['encrypt_s_per_image'] + fedcxr['batched']['decrypt_s_per_image']:16.4f} "
-          f"{stock['encrypt_s'] + stock['decrypt_s']:12.4f}")
+          f"{head['encrypt_s'] + head['decrypt_s']:15.4f} {stock['encrypt_s'] + stock['decrypt_s']:12.4f}")
     print(f"{'service CPU s':28s} {one['service_s']:16.4f} {fedcxr['batched']['service_s_per_image']:16.4f} "
-          f"{stock['service_s']:12.3f}")
+          f"{head['service_s']:15.4f} {stock['service_s']:12.3f}")
     print(f"{'up KiB':28s} {one['up_bytes'] / 1024:16.1f} {fedcxr['batched']['up_bytes_per_image'] / 1024:16.1f} "
-          f"{stock['up_bytes'] / 1024:12.1f}")
+          f"{head['up_bytes'] / 1024:15.1f} {stock['up_bytes'] / 1024:12.1f}")
     print(f"{'down KiB':28s} {one['down_bytes'] / 1024:16.1f} "
-          f"{fedcxr['batched']['down_bytes_per_image'] / 1024:16.1f} {stock['down_bytes'] / 1024:12.1f}")
+          f"{fedcxr['batched']['down_bytes_per_image'] / 1024:16.1f} {head['down_bytes'] / 1024:15.1f} "
+          f"{stock['down_bytes'] / 1024:12.1f}")
     print(f"{'keys (sent once) MiB, keygen s':28s} {fedcxr['key_bytes'] / 2**20:9.1f}, {keygen_s:.2f}s "
-          f"{'':16s} {stock['key_bytes'] / 2**20:6.1f}, {stock['keygen_s']:.2f}s")
+          f"{'':16s} {head['key_bytes'] / 2**20:8.1f}, {head['keygen_s']:.2f}s "
+          f"{stock['key_bytes'] / 2**20:6.1f}, {stock['keygen_s']:.2f}s")
     print(f"front end at the hospital (clear): {fedcxr['front_end_s_per_image']:.4f} s/image; agreement "
           f"{fedcxr['agreement']:.4f} on {n} pooled test images, max |Δp| {fedcxr['max_probability_difference']:.2e}, "
           f"accuracy {fedcxr['accuracy_plain']:.4f} plain / {fedcxr['accuracy_encrypted']:.4f} encrypted")

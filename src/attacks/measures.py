@@ -3,10 +3,16 @@
 Chest radiographs are aligned: the mean of other patients' images already scores a
 respectable PSNR against anyone's. A leak is therefore measured as a gain over two
 baselines that carry no information about the attacked patients — the mean image of
-other patients, and the best single other patient — and as re-identification: is a
-reconstruction's most similar training image (SSIM) the patient it was paired with?
-Pairing is one-to-one (Hungarian assignment on SSIM); "best" is each reconstruction's
-most similar true image. PSNR and SSIM are MONAI's, data range 1.
+other patients, and the best single other patient — and as re-identification. PSNR and
+SSIM pair each reconstruction one-to-one with a true image (Hungarian assignment on
+SSIM); "best" is each reconstruction's most similar true image. That pairing looks at the
+truth, so it flatters any reconstruction (the audit scores an information-free null the
+same way). Re-identification does not use it: the attacker names, for each
+reconstruction, the most similar patient of a gallery (the patients of the hospital that
+sent the update, every split; everyone's for an aggregate), and it counts only whether the
+named patient's image was in the update,
+each patient once; the audit names patients by the recovered features too. PSNR and
+SSIM are MONAI's, data range 1.
 """
 
 from __future__ import annotations
@@ -36,12 +42,25 @@ def psnr_matrix(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return _pairwise(_PSNR, a, b)
 
 
-def leakage(reconstructions: torch.Tensor, truth: torch.Tensor, candidates: torch.Tensor, candidate_index: list[int],
+def chance_of_naming(members: int, gallery: int, named: int) -> float:
+    """Re-identification of `named` guesses drawn uniformly from the gallery: distinct members hit per guess."""
+    return members * (1 - (1 - 1 / gallery) ** named) / named
+
+
+def reidentify(similarity: np.ndarray, members: list[int]) -> tuple[float, np.ndarray]:
+    """Each row names its most similar gallery patient: the share of rows naming a distinct patient of the
+    update (`members`), and whether each row's named patient was in it."""
+    named = similarity.argmax(1)
+    in_update = np.isin(named, members)
+    return len(set(named[in_update].tolist())) / len(similarity), in_update
+
+
+def leakage(reconstructions: torch.Tensor, truth: torch.Tensor, gallery: torch.Tensor, members: list[int],
             others: torch.Tensor) -> dict:
     """Measures of n reconstructions against the n true images (n, 1, S, S), all in [0, 1].
 
-    candidates: the hospital's training images a re-identification chooses among, the true
-    ones at `candidate_index`; others: images of other patients (the baselines)."""
+    gallery: the patients a re-identification names among, the update's at positions `members`;
+    others: images of other patients (the baselines)."""
     n = len(truth)
     ssim = ssim_matrix(reconstructions, truth)
     rows, cols = linear_sum_assignment(-ssim)
@@ -54,19 +73,18 @@ def leakage(reconstructions: torch.Tensor, truth: torch.Tensor, candidates: torc
     base_ssim = _SSIM(mean_image, truth).flatten().numpy()
     best_other_psnr = psnr_matrix(truth, others).max(1)
     best_other_ssim = ssim_matrix(truth, others).max(1)
-    nearest = ssim_matrix(reconstructions, candidates).argmax(1)
-    true_candidate = np.asarray(candidate_index)[cols[np.argsort(rows)]]
-    reidentified = nearest == true_candidate
+    reidentification, in_update = reidentify(ssim_matrix(reconstructions, gallery), members)
     return {
         "images": n, "psnr": float(psnr.mean()), "ssim": float(pssim.mean()), "mse": float(mse.mean()),
         "best_match_ssim": float(ssim.max(1).mean()),
         "baseline_psnr": float(base_psnr.mean()), "baseline_ssim": float(base_ssim.mean()),
         "best_other_psnr": float(best_other_psnr.mean()), "best_other_ssim": float(best_other_ssim.mean()),
         "psnr_gain": float(psnr.mean() - base_psnr.mean()), "ssim_gain": float(pssim.mean() - base_ssim.mean()),
-        "reidentification": float(reidentified.mean()), "chance": 1 / len(candidates),
+        "reidentification": reidentification,
+        "chance": chance_of_naming(len(set(members)), len(gallery), n), "gallery": len(gallery),
         "per_image": {"psnr": psnr.tolist(), "ssim": pssim.tolist(), "mse": mse.tolist(),
                       "baseline_psnr": base_psnr.tolist(), "baseline_ssim": base_ssim.tolist(),
-                      "best_other_psnr": best_other_psnr.tolist(), "reidentified": reidentified.tolist()},
+                      "best_other_psnr": best_other_psnr.tolist(), "names_a_member": in_update.tolist()},
     }
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from src.attacks.invert import markdown, verdict, write_section
-from src.attacks.measures import label_accuracy, leakage
+from src.attacks.measures import chance_of_naming, label_accuracy, leakage
 
 
 def _images(n: int, seed: int) -> torch.Tensor:
@@ -16,12 +18,29 @@ def _images(n: int, seed: int) -> torch.Tensor:
 
 def test_shuffled_near_copies_are_paired_back_and_reidentified():
     truth, others = _images(4, 0), _images(10, 1)
-    candidates = torch.cat([truth, _images(6, 2)])
+    gallery = torch.cat([_images(6, 2), truth])
     noisy = (truth + 0.01 * torch.randn_like(truth)).clamp(0, 1)
-    r = leakage(noisy[[2, 0, 3, 1]], truth, candidates, [0, 1, 2, 3], others)
-    assert r["reidentification"] == 1.0 and r["chance"] == 0.1
+    r = leakage(noisy[[2, 0, 3, 1]], truth, gallery, [6, 7, 8, 9], others)
+    assert r["reidentification"] == 1.0 and r["chance"] == pytest.approx(1 - 0.9 ** 4)
     assert r["psnr"] > 35 and r["psnr_gain"] > 15 and r["ssim_gain"] > 0.3
     assert r["best_other_psnr"] < r["psnr"]
+
+
+def test_reidentification_does_not_pair_with_the_truth():
+    """Copies of patients who were not in the update are paired with the update's images for PSNR/SSIM,
+    but name only non-members: nothing re-identified (a truth-aware pairing would name their pairs)."""
+    truth, outsiders, others = _images(4, 0), _images(4, 3), _images(10, 1)
+    gallery = torch.cat([truth, outsiders])
+    r = leakage(outsiders, truth, gallery, [0, 1, 2, 3], others)
+    assert r["reidentification"] == 0.0 and r["chance"] == pytest.approx(1 - (7 / 8) ** 4)
+    assert r["per_image"]["names_a_member"] == [False] * 4
+
+
+def test_chance_is_naming_patients_at_random():
+    rng = np.random.default_rng(0)
+    draws = [len(set(rng.integers(0, 50, 8)) & set(range(10))) / 8 for _ in range(20000)]
+    assert chance_of_naming(10, 50, 8) == pytest.approx(np.mean(draws), abs=0.005)
+    assert chance_of_naming(1, 200, 1) == pytest.approx(1 / 200)
 
 
 def test_the_mean_of_other_patients_gains_nothing_and_identifies_no_one():
@@ -48,3 +67,26 @@ def test_the_report_section_is_added_once_and_replaced(tmp_path):
     write_section(report, markdown(results))
     text = report.read_text()
     assert text.count("## Inversion audit") == 1 and text.startswith("# Run") and "| gradient-1 | 1 | 24.0 |" in text
+
+
+def test_the_verdict_on_the_defaults_compares_with_chance():
+    row = {"images": 584, "ssim_gain": 0.0, "chance": 0.5, "measured_in_pixels": 16, "feature_reidentification": 0.5,
+           "null": {"reidentification": 0.5, "ssim_gain": 0.0}}
+    assert "at the baselines" in verdict({"secure-aggregate": {**row, "reidentification": 0.6}})
+    assert "ABOVE the baselines" in verdict({"secure-aggregate": {**row, "reidentification": 0.9}})
+    assert "ABOVE the baselines" in verdict({"secure-aggregate": {**row, "reidentification": 0.5, "ssim_gain": 0.05}})
+
+
+def test_reidentification_by_features_counts_too():
+    row = {"images": 584, "ssim_gain": 0.0, "chance": 0.5, "measured_in_pixels": 16, "reidentification": 0.5,
+           "feature_reidentification": 1.0, "null": {}}
+    assert "ABOVE the baselines" in verdict({"secure-aggregate": row})
+
+
+def test_the_ssim_gain_counts_over_what_the_pairing_gains_with_outsiders():
+    row = {"images": 584, "chance": 0.5, "measured_in_pixels": 64, "reidentification": 0.5,
+           "feature_reidentification": 0.5, "null": {}}
+    assert "at the baselines" in verdict({"secure-aggregate": {**row, "ssim_gain": 0.15,
+                                                               "outsiders": {"ssim_gain": 0.14}}})
+    assert "ABOVE the baselines" in verdict({"secure-aggregate": {**row, "ssim_gain": 0.15,
+                                                                  "outsiders": {"ssim_gain": 0.05}}})

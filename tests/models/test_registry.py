@@ -14,6 +14,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from src.config import compose_config
 from src.models import MODELS, build_model
 from src.models.grouped_conv import GroupedConv2d, use_grouped_conv
 
@@ -177,11 +178,12 @@ def blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images[:, None].float(), labels
 
 
-def test_small_cnn_learns_where_the_blob_is():
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18", "mobilenet_v2", "densenet121"])
+def test_each_cnn_learns_where_the_blob_is_with_its_own_defaults(name):
     torch.manual_seed(0)
     x, y = blobs(128, seed=0)
-    model = build_model(model_cfg("small_cnn"), num_classes=2)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model = build_model(model_cfg(name), num_classes=2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(compose_config([f"model={name}"]).federation.lr))
     for _ in range(5):  # one or two epochs are enough; stop as soon as it has learnt
         model.train()
         for idx in torch.randperm(len(y)).split(16):

@@ -42,6 +42,7 @@ from src.attacks.reconstruct import (
     match_features,
     recover_labels,
 )
+from src.config import compose_config
 from src.data.federation import Federation
 from src.data.reference import reference_samples
 from src.predict import decode, load_model
@@ -196,11 +197,11 @@ def feature_reidentification(target: Target, features: np.ndarray, patients: lis
 
 
 def _dp(target: Target, epsilon: float | None):
+    """The run's DP-SGD plan (fedcxr's default DP settings for a run without DP), at `epsilon` if given."""
     cfg = target.cfg
-    privacy = cfg.privacy if epsilon is None else OmegaConf.merge(cfg.privacy, {"target_epsilon": epsilon})
-    if privacy.get("name") == "none" and epsilon is None:
-        privacy = OmegaConf.create({"delta": 1e-5, "max_grad_norm": 1.0, "target_epsilon": 8.0,
-                                    "noise_multiplier": None})
+    privacy = cfg.privacy if cfg.privacy.get("name") == "dp" else compose_config(["privacy=dp"]).privacy
+    if epsilon is not None:
+        privacy = OmegaConf.merge(privacy, {"target_epsilon": epsilon, "noise_multiplier": None})
     return plan(privacy, cfg.federation, len(target.labels[target.hospital]))
 
 

@@ -90,3 +90,16 @@ def test_the_ssim_gain_counts_over_what_the_pairing_gains_with_outsiders():
                                                                "outsiders": {"ssim_gain": 0.14}}})
     assert "ABOVE the baselines" in verdict({"secure-aggregate": {**row, "ssim_gain": 0.15,
                                                                   "outsiders": {"ssim_gain": 0.05}}})
+
+
+def test_a_run_without_dp_is_audited_at_the_default_dp_settings():
+    from types import SimpleNamespace
+
+    from src.attacks.invert import _dp
+    from src.config import compose_config
+
+    for privacy in ("privacy=none", "privacy=dp"):
+        target = SimpleNamespace(cfg=compose_config([privacy]), labels={"h": torch.zeros(200)}, hospital="h")
+        strict, loose = _dp(target, 1.0), _dp(target, 8.0)
+        assert strict.noise_multiplier > loose.noise_multiplier > 0
+        assert _dp(target, None).noise_multiplier == pytest.approx(loose.noise_multiplier)  # the default ε is 8

@@ -75,7 +75,7 @@ def prepare_run(cfg: DictConfig, run_dir: Path, console: Console) -> tuple[DictC
     validate(cfg)
     # torch, MONAI and Opacus (seconds to import) only for a config that passed: a bad key is refused at once
     from src.training.privacy import plan
-    from src.launch.hospitals import hospital_nodes, prepare_federation
+    from src.launch.hospitals import cache_front_end_features, hospital_nodes, prepare_federation
     from src.models.initial import save_initial_model
     from src.server.readers import load_reads
     from src.strategies.secure import check_secagg
@@ -94,6 +94,7 @@ def prepare_run(cfg: DictConfig, run_dir: Path, console: Console) -> tuple[DictC
     if cfg.strategy.name == "secagg":  # the sum over all hospitals must not wrap around the modulus
         check_secagg(cfg.strategy, max(train_sizes), len(train_sizes))
     save_initial_model(cfg, len(federation.classes), run_dir)
+    cache_front_end_features(cfg, federation, run_dir)
     return cfg, run_dir, hospital_nodes(cfg, federation, run_dir)
 
 

@@ -43,6 +43,13 @@ def test_known_small_case():
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["sensitivity"] == {"normal": 0.5, "bacterial": 1.0, "viral": 0.5}
     assert m["specificity"]["bacterial"] == pytest.approx(3 / 4)
+    # normal: positives 0.8, 0.4 against negatives 0.1, 0.2, 0.1, 0.6 — 7 of 8 pairs ranked right
+    assert m["auc_per_class"]["normal"] == pytest.approx(7 / 8)
+
+
+def test_tied_scores_count_half():
+    m = classification_metrics([0, 1, 0, 1], np.array([[.5, .5], [.5, .5], [.9, .1], [.1, .9]]), ["a", "b"])
+    assert m["auc_per_class"]["b"] == pytest.approx((1 + 0.5 + 1 + 1) / 4)
 
 
 def test_a_class_absent_from_the_labels_gives_undefined_auc_not_a_number():

@@ -16,6 +16,8 @@ from rich.console import Console
 from src.data.check import decode_all, report
 from src.data.federation import Federation, build_federation
 from src.launch.configs import Hospital
+from src.models.features import raw_features
+from src.models.initial import load_initial_model
 from src.secagg.identity import new_identity_key, write_roster
 
 
@@ -91,3 +93,21 @@ def hospital_nodes(cfg: DictConfig, federation: Federation, run_dir: Path) -> li
         (run_dir / "hospitals" / f"{name}.node.json").write_text(json.dumps(config, indent=1))
         hospitals.append(Hospital(name, config))
     return hospitals
+
+
+def cache_front_end_features(cfg: DictConfig, federation: Federation, run_dir: Path) -> None:
+    """With a fixed front end, its features of each hospital's train and test images, where that hospital's
+    ClientApp looks for them (beside its manifest), and of the pooled test set, where the ServerApp does.
+
+    The launcher already decodes every hospital's images on this machine (each hospital's own preparation,
+    as `fedcxr-check`); computing their fixed features here too spares every process of the federation
+    importing MONAI (~6 s of CPU) and decoding again. A hospital on a machine of its own computes them on
+    its first message instead (the same cache, src/models/features.py)."""
+    front_end = getattr(load_initial_model(cfg, len(federation.classes), run_dir), "front_end", None)
+    if front_end is None:
+        return
+    for name in federation.hospitals:
+        own = federation.only(name)
+        for split in ("train", "test"):
+            raw_features(front_end, own.select(split=split), cfg.data, run_dir / "hospitals" / "features")
+    raw_features(front_end, federation.select(split="test"), cfg.data, run_dir / "features")

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 from hydra.utils import to_absolute_path
 
-from src.data.dataset import cache_dir
 from src.data.reference import reference_samples
 from src.models.features import raw_features
 from src.models.registry import build_model
@@ -27,6 +26,8 @@ def initial_model(cfg, num_classes: int) -> torch.nn.Module:
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg.model, num_classes)
     if getattr(model, "front_end", None) is not None:
+        from src.data.dataset import cache_dir  # MONAI, which reading images needs: not for a saved model
+
         # the public reference set decoded as hospitals decode; its features cached for the next run
         raw, _ = raw_features(model.front_end, reference_samples(cfg.reference), cfg.data,
                               cache_dir(cfg.data) / "reference-features")

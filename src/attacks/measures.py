@@ -6,13 +6,12 @@ baselines that carry no information about the attacked patients — the mean ima
 other patients, and the best single other patient — and as re-identification. PSNR and
 SSIM pair each reconstruction one-to-one with a true image (Hungarian assignment on
 SSIM); "best" is each reconstruction's most similar true image. That pairing looks at the
-truth, so it flatters any reconstruction (the audit scores an information-free null the
-same way). Re-identification does not use it: the attacker names, for each
+truth, so it flatters any reconstruction (the audit scores its controls the same way:
+src/attacks/invert.py). Re-identification does not use it: the attacker names, for each
 reconstruction, the most similar patient of a gallery (the patients of the hospital that
-sent the update, every split; everyone's for an aggregate), and it counts only whether the
-named patient's image was in the update,
-each patient once; the audit names patients by the recovered features too. PSNR and
-SSIM are MONAI's, data range 1.
+sent the update, every split; everyone's for an aggregate), and it counts only whether
+the named patient's image was in the update, each patient once; the audit names patients
+by the recovered features too. PSNR and SSIM are MONAI's, data range 1.
 """
 
 from __future__ import annotations

@@ -6,12 +6,11 @@ evaluate message of its own.
 
 A hospital's images are named by its manifest (its part of the run's `split.json`),
 and what it accepts by its policy, both from its own node config (`src/client/hospital.py`),
-never from the server's run config. Flower starts a fresh ClientApp process for every
-message: in deployment the train and evaluate handlers run in the hospital's warm
-worker (`src/client/worker.py`: torch, Opacus and MONAI imported once, decoded images in
-the on-disk MONAI cache), and this module imports none of them itself: the secure-
-aggregation stages (`src/client/secure_aggregation.py`) run here and need only numpy and
-`cryptography`.
+never from the server's run config. In deployment every message runs in the hospital's
+warm worker (`src/client/worker.py`), which imports torch, Opacus and MONAI once
+(`warm_up`); this module imports none of them at its top, so a process that only runs
+the secure-aggregation stages (`src/client/secure_aggregation.py`: numpy and
+`cryptography`) never pays for them.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from flwr.clientapp import ClientApp
 
 from src.client import secure_aggregation
 from src.client.hospital import Policy, node_settings
-from src.client.worker import delegate
 
 if TYPE_CHECKING:
     from src.data.federation import Federation
@@ -83,24 +81,16 @@ def _reply(msg: Message, hospital: str, metrics: dict, records: dict | None = No
     return Message(content=content, reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    return delegate(train_round, msg, context)
-
-
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    return delegate(evaluate_model, msg, context)
-
-
 def warm_up() -> None:
     """What the train and evaluate handlers import, imported ahead (by the hospital's worker)."""
     import opacus  # noqa: F401
+    import torch._dynamo  # noqa: F401 (torch imports it at the first optimizer: 2 s of CPU)
     import src.training.loops  # noqa: F401
     import src.metrics  # noqa: F401
     import src.models.registry  # noqa: F401
 
 
+@app.train()
 def train_round(msg: Message, context: Context) -> Message:
     """Local epochs (DP-SGD under privacy=dp); the update goes back in the clear (FedAvg, FedProx)
     or masked by secure aggregation (secagg)."""
@@ -200,6 +190,7 @@ def _evaluate(cfg, data: Federation, model, context: Context) -> dict:
     return flatten(classification_metrics(labels, probs, data.classes))
 
 
+@app.evaluate()
 def evaluate_model(msg: Message, context: Context) -> Message:
     """The last round's model (earlier ones are evaluated at the start of the next train message)."""
     from src.config import from_run_config

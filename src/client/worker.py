@@ -1,130 +1,150 @@
-"""A hospital's warm worker: the heavy handlers run in one long-lived process at the hospital.
+"""A hospital's warm worker: Flower's SuperExec, running every ClientApp task in this one process.
 
-Flower's SuperNode starts a fresh `flwr-clientapp` process for every message (flwr 1.42,
-either isolation mode), and a train or evaluate handler then spends seconds importing
-torch, Opacus and MONAI and rebuilding the model before a round's fraction of a second
-of work. The launcher starts one worker beside each SuperNode (`python -m
-src.client.worker`); the per-message ClientApp hands it the message and the node's
-Context over a loopback connection authenticated with a key only the hospital holds
-(multiprocessing's HMAC challenge), and answers with what the worker returns. The
-worker is on the hospital's side of the trust boundary: it sees what the ClientApp
-would see, nothing leaves the machine but the ClientApp's usual answer.
+Flower's SuperExec (flwr 1.42) starts a fresh `flwr-clientapp` process for every message a
+SuperNode receives. Each of those spends about 2 s of CPU importing Flower, and a train
+handler then spends seconds more importing torch, Opacus and MONAI, all before a round's
+milliseconds of work. With three hospitals on 2 cores and three exchanges per round under
+secure aggregation, these starts were most of a round. Flower's executors are a subprocess
+per task, or Kubernetes pods: its warm pools exist only for Kubernetes. So this module gives
+Flower's own SuperExec loop (`run_superexec`) an executor that runs each task in this
+process. It takes the same steps as `flwr-clientapp` (`flwr.supernode.runtime.run_clientapp`),
+except those that end a process. Imports, the model registry and decoded data stay loaded
+between messages.
 
-Either process may crash alone: without a reachable worker the ClientApp runs the
-handler itself (as before, only slower); a worker that dies in the middle of a
-message fails that message (the server sees a vanished hospital for the round) and
-is not asked again: running the handler a second time could spend the privacy budget
-twice.
+The SuperNode starts this worker where it would start `flower-superexec`
+(`src/launch/supernode.py`). It starts it again should it die, and the worker stops with
+the SuperNode. The worker talks only to its own SuperNode's runtime API, on the hospital's
+side of the trust boundary. If the worker dies during a task, the SuperNode answers that
+message with Flower's "ClientApp crashed" error once the task's heartbeat stops. The
+message is never run a second time, since a second run could spend the privacy budget
+twice. A task that raises is answered with the error, as `flwr-clientapp` would answer it,
+and the worker goes on.
+
+Modules this process has already imported are reused. The app a run ships (its FAB) is
+installed and loaded as usual, but the fedcxr package this worker belongs to, `src`, is the
+hospital's installed copy.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import importlib
 import logging
-import os
+import sys
 import threading
 import time
-import traceback
-from multiprocessing.connection import Client, Listener
-from pathlib import Path
-from typing import Callable
 
-from flwr.app import Context, Message
-
-from src.client.hospital import node_settings
+from flwr.app import Message
+from flwr.app.error import Error
+from flwr.cli.install import install_from_fab
+from flwr.clientapp.client_app import LoadClientAppError
+from flwr.clientapp.utils import get_load_client_app_fn
+from flwr.common.constant import ErrorCode, SubStatus
+from flwr.supercore.constant import TaskType
+from flwr.supercore.cli import flower_superexec
+from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supercore.superexec import run_superexec as superexec
+from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResult, SubprocessExecutor
+from flwr.supercore.tls import validate_and_resolve_root_certificates
+from flwr.supernode.runtime import run_clientapp
+from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 log = logging.getLogger(__name__)
-Handler = Callable[[Message, Context], Message]
+PULL_BACKOFF_S = (0.05, 1.0)  # first retry, longest wait; Flower's are (1, 10) s
 
 
-def _address(text: str) -> tuple[str, int]:
-    host, port = text.rsplit(":", 1)
-    return host, int(port)
+class WarmExecutor(SubprocessExecutor):
+    """Flower's subprocess executor, except that a ClientApp task runs here, now.
 
+    The SuperNode hands out one message at a time, so running the task inside `launch`
+    holds back nothing. A run that installs its own dependencies needs a process of its
+    own, and gets one (Flower's subprocess launch)."""
 
-def delegate(handler: Handler, msg: Message, context: Context) -> Message:
-    """`handler(msg, context)`, run by the hospital's worker when it has one (node config `worker`)."""
-    settings = node_settings(context)
-    if "worker" not in settings:
-        return handler(msg, context)
-    try:
-        conn = Client(_address(str(settings["worker"])), authkey=Path(str(settings["worker-key"])).read_bytes())
-    except OSError as e:
-        log.warning("hospital worker at %s unreachable (%s): running %s in this process",
-                    settings["worker"], e, handler.__name__)
-        return handler(msg, context)
-    with conn:
-        conn.send((handler.__name__, msg, context))
+    def __init__(self) -> None:
+        self.installed: set[str] = set()
+
+    def launch(self, spec: ExecutionSpec) -> LaunchResult:
+        if spec.runtime_dependency_install or spec.task_type != TaskType.CLIENT_APP:
+            return super().launch(spec)
+        start = time.perf_counter()
+        status = self.run_task(spec)
+        log.info("task %d: %s in %.2fs", spec.task_id, status, time.perf_counter() - start)
+        return LaunchResult.accepted()
+
+    def run_task(self, spec: ExecutionSpec) -> str:
+        """One message through the ClientApp; the reply and the node's context go back to the SuperNode."""
+        retry = make_simple_http_retry_invoker()
+        client = RuntimeHttpClient.from_server_address(
+            server_address=spec.runtime_api_address, insecure=spec.insecure,
+            root_certificates=validate_and_resolve_root_certificates(spec.root_certificates_path, spec.insecure),
+            interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                          RuntimeTokenHttpInterceptor(spec.token)],
+            retry_invoker=retry)
+        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+        message = reply = context = None
+        status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
         try:
-            status, content, state = conn.recv()
-        except EOFError:
-            raise RuntimeError(f"the hospital worker died while running {handler.__name__}") from None
-    if status != "ok":
-        raise RuntimeError(f"hospital worker, {handler.__name__}: {content}")
-    for key in list(context.state):  # the handler's changes to the node's state (secure aggregation's session)
-        del context.state[key]
-    for key, record in state.items():
-        context.state[key] = record
-    return Message(content, reply_to=msg)
-
-
-def exit_with(parent: int) -> None:
-    """End this process once `parent` is gone (a launcher killed outright cannot stop its worker)."""
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
+            heartbeat.start()
+            message, context, run, fab = pull_task_input(client)
+            if fab.hash_str not in self.installed:
+                install_from_fab(fab.content, skip_prompt=True)
+                self.installed.add(fab.hash_str)
+            app = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)(
+                run.fab_id, run.fab_version, fab.hash_str)
+            reply = app(message=message, context=context)
+            status, details = SubStatus.COMPLETED, ""
+        except Exception as e:  # answered as flwr-clientapp answers it; the worker stays up
+            log.error("ClientApp raised an exception", exc_info=e)
+            code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(e, LoadClientAppError) \
+                else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+            details = f"{type(e)}:<'{e}'>"
+            if message is not None:
+                reply = Message(Error(code=code, reason=details), reply_to=message)
+        finally:
             try:
-                os.kill(parent, 0)
-            except ProcessLookupError:
-                log.info("parent process %d is gone: stopping", parent)
-                os._exit(0)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def serve(address: tuple[str, int], key: bytes, handlers: str = "src.client.app") -> None:
-    """Answer the ClientApp's hand-overs one at a time (a SuperNode runs one message at a time),
-    each naming a function of the module `handlers`."""
-    listener = Listener(address, authkey=key)  # listening first: a hand-over waits while the imports below run
-    app = importlib.import_module(handlers)
-    if hasattr(app, "warm_up"):
-        app.warm_up()  # torch, Opacus, MONAI: imported once, before the first message
-    log.info("hospital worker ready on %s:%d", *address)
-    while True:
-        try:
-            conn = listener.accept()
-        except Exception as e:  # a peer without the key, or one that hung up during the challenge
-            log.warning("refused a connection: %s", e)
-            continue
-        with conn:
-            try:
-                name, msg, context = conn.recv()
-                start = time.perf_counter()
-                reply = getattr(app, name)(msg, context)
-                conn.send(("ok", reply.content, context.state))
-                log.info("%s in %.2fs", name, time.perf_counter() - start)
+                if reply is not None and context is not None:
+                    push_message(client, reply, context)
             except Exception as e:
-                log.error("%s", traceback.format_exc())
-                try:
-                    conn.send(("error", f"{type(e).__name__}: {e}", None))
-                except OSError:
-                    pass
+                log.error("could not push the reply", exc_info=e)
+                status = SubStatus.FAILED
+            retry.max_tries = 1
+            push_task_output(client=client, context=context, sub_status=status, details=details)
+            if heartbeat.is_running:
+                heartbeat.stop()
+            client.close()
+        return status
+
+
+def preload(module: str) -> None:
+    """Import `module` and run its `warm_up()` if it has one, while the federation starts."""
+    start = time.perf_counter()
+    warm_up = getattr(importlib.import_module(module), "warm_up", None)
+    if warm_up is not None:
+        warm_up()
+    log.info("preloaded %s in %.1fs", module, time.perf_counter() - start)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="A hospital's warm worker for its SuperNode's ClientApp "
-                                     "(started by the launcher beside the SuperNode).")
-    parser.add_argument("address", help="host:port to listen on (loopback)")
-    parser.add_argument("key_file", type=Path, help="the shared secret the ClientApp authenticates with")
-    parser.add_argument("--handlers", default="src.client.app", help="the module whose functions it runs")
-    parser.add_argument("--parent-pid", type=int, help="stop when this process (the launcher) is gone")
-    args = parser.parse_args()
+    """`flower-superexec`'s command line, plus `--preload MODULE` (any number)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.parent_pid:
-        exit_with(args.parent_pid)
-    serve(_address(args.address), args.key_file.read_bytes(), args.handlers)
+    args, modules = sys.argv[1:], []
+    while "--preload" in args:
+        i = args.index("--preload")
+        modules.append(args[i + 1])
+        del args[i:i + 2]
+    for module in modules:
+        threading.Thread(target=preload, args=(module,), daemon=True).start()
+    superexec.get_executor = lambda *_, **__: WarmExecutor()
+    # The SuperNode hands out a task as soon as it has the message's metadata, while it is still
+    # pulling the content from the SuperLink: a pull that finds it missing waits 1 s, then 2 s.
+    run_clientapp.pull_and_inflate_object_from_tree = functools.partial(
+        run_clientapp.pull_and_inflate_object_from_tree, initial_backoff=PULL_BACKOFF_S[0],
+        backoff_cap=PULL_BACKOFF_S[1])
+    sys.argv = ["flower-superexec", *args]
+    flower_superexec()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import math
 import torch
 from monai.transforms import (
     Compose,
+    DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
     MapTransform,
@@ -71,7 +72,9 @@ def _to_tensor() -> EnsureTyped:
 
 
 def train_transforms(image_size: int) -> Compose:
-    return Compose(preprocessing(image_size) + augmentation() + [_to_tensor()])
+    # the cache key's file stamp (a str) goes: under DP, Opacus' Poisson sampling can draw an empty
+    # batch, which it builds from each field's type and cannot build for a str
+    return Compose(preprocessing(image_size) + augmentation() + [_to_tensor(), DeleteItemsd(keys="stamp")])
 
 
 def eval_transforms(image_size: int) -> Compose:

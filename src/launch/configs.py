@@ -38,9 +38,8 @@ def check_hospital_name(name: str) -> None:
                          "(it names files and processes)")
 
 
-def app_config_keys(app_dir: Path) -> set[str]:
-    """The run-config keys an app declares in ``[tool.flwr.app.config]``, flattened the
-    way Flower does (``a.b`` for nested tables)."""
+def _flwr_app(app_dir: Path) -> dict:
+    """The app's ``[tool.flwr.app]`` table."""
     pyproject = Path(app_dir) / "pyproject.toml"
     try:
         data = tomllib.loads(pyproject.read_text())
@@ -49,6 +48,18 @@ def app_config_keys(app_dir: Path) -> set[str]:
     app = data.get("tool", {}).get("flwr", {}).get("app")
     if not isinstance(app, dict):
         raise ValueError(f"{pyproject}: no [tool.flwr.app] table; not a Flower app")
+    return app
+
+
+def client_app_module(app_dir: Path) -> str:
+    """The module of the app's ClientApp (``[tool.flwr.app.components] clientapp``)."""
+    return str(_flwr_app(app_dir).get("components", {}).get("clientapp", "")).partition(":")[0]
+
+
+def app_config_keys(app_dir: Path) -> set[str]:
+    """The run-config keys an app declares in ``[tool.flwr.app.config]``, flattened the
+    way Flower does (``a.b`` for nested tables)."""
+    app = _flwr_app(app_dir)
 
     def flat(d: dict, prefix: str = "") -> set[str]:
         keys: set[str] = set()

@@ -51,6 +51,7 @@ from src.launch.startup import (
     REFUSED,
     flower_bin,
     flower_env,
+    installed_client_app,
     prepare_dir,
     stage_app,
     start_deployment,
@@ -156,7 +157,7 @@ def run_federation(app_dir: Path, work_dir: Path, hospitals: list[Hospital],
         try:
             if mode == "deployment":
                 start_deployment(sup, cli, bin_dir, fed, hospitals, startup_timeout_s,
-                                 timings)
+                                 timings, installed_client_app(app_dir))
             else:
                 start_simulation(sup, bin_dir, fed, startup_timeout_s, timings)
 

@@ -65,14 +65,6 @@ def identities(names: list[str], run_dir: Path) -> tuple[Path, dict[str, Path]]:
     return roster, keys
 
 
-def worker_key(path: Path) -> Path:
-    """The secret a hospital's ClientApp and its warm worker (`src/client/worker.py`) authenticate with."""
-    if not path.exists():
-        path.touch(mode=0o600)
-        path.write_bytes(os.urandom(32))
-    return path
-
-
 def hospital_nodes(cfg: DictConfig, federation: Federation, run_dir: Path) -> list[Hospital]:
     """One SuperNode per hospital, each given only its own manifest, identity, policy and share of the cores.
 
@@ -88,8 +80,7 @@ def hospital_nodes(cfg: DictConfig, federation: Federation, run_dir: Path) -> li
         manifest = run_dir / "hospitals" / f"{name}.json"
         federation.only(name).save(manifest)
         config = {"hospital": name, "manifest": str(manifest), "threads": threads, "identity-key": str(keys[name]),
-                  "roster": str(roster), "worker-key": str(worker_key(run_dir / "hospitals" / f"{name}.worker.key")),
-                  **policy}
+                  "roster": str(roster), **policy}
         (run_dir / "hospitals" / f"{name}.node.json").write_text(json.dumps(config, indent=1))
         hospitals.append(Hospital(name, config))
     return hospitals

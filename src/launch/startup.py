@@ -9,6 +9,7 @@ and after ``timeout`` seconds otherwise.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -23,7 +24,7 @@ import pathspec
 import tomli_w
 
 from src.launch.certificates import NodeKeyFiles, write_node_keys, write_tls_files
-from src.launch.configs import Hospital, node_config_arg
+from src.launch.configs import Hospital, client_app_module, node_config_arg
 from src.launch.flwr_cli import CONNECTION, FlwrCli, parse_json_output
 from src.launch.processes import ProcessSupervisor, free_port
 
@@ -138,12 +139,23 @@ def supernode_name(hospital: str) -> str:
 
 
 # ------------------------------------------------------------------ startup
+def installed_client_app(app_dir: Path) -> list[str]:
+    """The app's ClientApp module when this environment has it installed (fedcxr's own), for the
+    hospitals' warm workers to import while the federation starts; an app that exists only
+    in its bundle is imported at its first message."""
+    module = client_app_module(app_dir)
+    try:
+        return [module] if module and importlib.util.find_spec(module) else []
+    except ImportError:
+        return []
+
+
 def start_deployment(sup: ProcessSupervisor, cli: FlwrCli, bin_dir: Path, fed: Path,
                      hospitals: list[Hospital], timeout: float,
-                     timings: dict[str, float]) -> None:
+                     timings: dict[str, float], preload: list[str] = ()) -> None:
     """SuperLink with TLS and SuperNode authentication, the hospitals' keys registered,
-    one SuperNode per hospital; returns once every registered one has joined and every
-    unregistered one has been refused."""
+    one SuperNode per hospital (its warm worker importing `preload` ahead); returns once
+    every registered one has joined and every unregistered one has been refused."""
     t0 = time.monotonic()
     tls = write_tls_files(fed / "certs")
     port = free_port()
@@ -181,11 +193,8 @@ def start_deployment(sup: ProcessSupervisor, cli: FlwrCli, bin_dir: Path, fed: P
     n = len(hospitals)
     for i, h in enumerate(hospitals):
         config = {"partition-id": i, "num-partitions": n, **h.node_config}
-        if "worker-key" in config:  # the hospital's warm worker (src/client/worker.py), up before its SuperNode
-            config["worker"] = f"127.0.0.1:{free_port()}"
-            sup.start(f"worker-{h.name}", [sys.executable, "-m", "src.client.worker", str(config["worker"]),
-                                           str(config["worker-key"]), "--parent-pid", str(os.getpid())], cwd=fed)
-        cmd = [sys.executable, "-m", "src.launch.supernode",  # flower-supernode, polling faster
+        cmd = [sys.executable, "-m", "src.launch.supernode",  # flower-supernode: faster polls, a warm worker
+               *[arg for module in preload for arg in ("--preload", module)],
                "--superlink", f"127.0.0.1:{port}",
                "--root-certificates", str(tls.ca_cert),
                "--auth-supernode-private-key", str(keys[h.name].private_key),

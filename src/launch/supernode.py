@@ -1,23 +1,38 @@
-"""`flower-supernode`, asking the SuperLink for messages every POLL_S seconds instead of every 3 s.
+"""`flower-supernode` with faster polls and a warm worker in place of its per-message processes.
 
 flwr 1.42's SuperNode sleeps a hard-coded 3 s after each pull that finds no message, and
 0.5 s between checks for its ClientApp's reply (`flwr.supernode.start_client_internal`;
 no option or environment variable sets either). A round under secure aggregation is
 three exchanges, so on a federation whose hospitals answer in a second these sleeps
-were a large part of every round. The launcher starts each SuperNode through this
-module, which caps those sleeps and otherwise runs Flower's own entry point unchanged.
-A pull is one small HTTPS request: at POLL_S a SuperNode makes four per second when idle.
+were a large part of every round. This module caps those sleeps at POLL_S; a pull is one
+small HTTPS request, so an idle SuperNode makes four per second. A message whose content
+has not fully reached the SuperLink is pulled again after 0.05 s rather than Flower's 1 s.
+
+Where the SuperNode would start `flower-superexec` (which starts a process per message),
+it starts the hospital's warm worker (`src/client/worker.py`) with the same arguments,
+plus `--preload MODULE` for each one given to this module. It starts the worker again if
+the worker dies. Otherwise Flower's own entry point runs unchanged.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import subprocess
 import sys
+import threading
 import time
 
 import flwr.supernode.start_client_internal as internal
+from flwr.supercore.exit import ExitCode
 from flwr.supernode.cli import flower_supernode
 
 POLL_S = 0.25
+PULL_BACKOFF_S = (0.05, 1.0)  # first retry, longest wait; Flower's are (1, 10) s
+RESTART_PAUSE_S, MAX_RESTARTS = 1.0, 5
+GRACEFUL = {ExitCode.SUCCESS, ExitCode.GRACEFUL_EXIT_SIGINT, ExitCode.GRACEFUL_EXIT_SIGQUIT,
+            ExitCode.GRACEFUL_EXIT_SIGTERM}
+log = logging.getLogger(__name__)
 
 
 class _ShortSleeps:
@@ -31,7 +46,55 @@ class _ShortSleeps:
         time.sleep(min(seconds, POLL_S))
 
 
-if __name__ == "__main__":
+class _WarmWorker:
+    """The `subprocess` module as `start_client_internal` sees it: `flower-superexec` is the warm worker."""
+
+    def __init__(self, preload: list[str]) -> None:
+        self.preload = preload
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+    def Popen(self, command: list[str], **kwargs) -> subprocess.Popen:  # noqa: N802 (subprocess's name)
+        if command[0] != "flower-superexec":
+            return subprocess.Popen(command, **kwargs)
+        worker = [sys.executable, "-m", "src.client.worker", *command[1:]]
+        for module in self.preload:
+            worker += ["--preload", module]
+        first = subprocess.Popen(worker, **kwargs)
+        threading.Thread(target=_keep_running, args=(first, worker, kwargs), daemon=True).start()
+        return first
+
+
+def _keep_running(process: subprocess.Popen, command: list[str], kwargs: dict) -> None:
+    """Start the worker again each time it dies, at most MAX_RESTARTS times; a graceful exit
+    (the SuperNode stopping, a SIGINT or SIGTERM) ends it."""
+    for restarts in range(MAX_RESTARTS + 1):
+        code = process.wait()
+        if code in GRACEFUL:
+            return
+        if restarts == MAX_RESTARTS:
+            log.error("the hospital's worker exited with code %d, %d restarts spent: leaving it", code, restarts)
+            return
+        log.warning("the hospital's worker exited with code %d: starting it again", code)
+        time.sleep(RESTART_PAUSE_S)
+        process = subprocess.Popen(command, **kwargs)
+
+
+def main() -> None:
+    args, preload = sys.argv[1:], []
+    while "--preload" in args:
+        i = args.index("--preload")
+        preload.append(args[i + 1])
+        del args[i:i + 2]
     internal.time = _ShortSleeps()
-    sys.argv[0] = "flower-supernode"
+    # the message's content can reach the SuperLink after the message: retry within PULL_BACKOFF_S, not 1 s, 2 s, ...
+    internal.pull_objects = functools.partial(internal.pull_objects, initial_backoff=PULL_BACKOFF_S[0],
+                                              backoff_cap=PULL_BACKOFF_S[1])
+    internal.subprocess = _WarmWorker(preload)
+    sys.argv = ["flower-supernode", *args]
     sys.exit(flower_supernode())
+
+
+if __name__ == "__main__":
+    main()

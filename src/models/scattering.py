@@ -26,6 +26,9 @@ and the encrypted-diagnosis service use the same.
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import torch
 from torch import nn
 
@@ -47,6 +50,13 @@ def _scattering2d():
     return Scattering2D
 
 
+@functools.cache
+def _filter_bank(J: int, L: int, image_size: int) -> nn.Module:
+    """kymatio's Scattering2D, built once per process: its filters take ~2 s of CPU to compute, and a
+    hospital's warm worker builds the model at every message."""
+    return _scattering2d()(J=J, shape=(image_size, image_size), L=L)
+
+
 class ScatterFrontEnd(nn.Module):
     """Fixed features of a (B, 1, S, S) image batch: (B, components). No trainable parameters."""
 
@@ -56,7 +66,7 @@ class ScatterFrontEnd(nn.Module):
         if image_size % (2**J) or image_size // 2**J < pool or (image_size // 2**J) % pool:
             raise ValueError(f"model.pool: {pool} must divide image_size / 2^J = {image_size / 2**J:g} "
                              f"(data.image_size={image_size}, model.J={J})")
-        self.scattering = _scattering2d()(J=J, shape=(image_size, image_size), L=L)
+        self.scattering = copy.deepcopy(_filter_bank(J, L, image_size))  # a model of its own, as .to() expects
         # kymatio's filters follow from (J, L, image_size): rebuilt, never saved or sent with the model
         self.scattering._non_persistent_buffers_set.update(name for name, _ in self.scattering.named_buffers())
         self.channels = 1 + J * L + L * L * J * (J - 1) // 2

@@ -59,6 +59,14 @@ def assert_all_gone(work_dir: Path) -> None:
     assert not port_in_use(superlink_port(work_dir))
 
 
+def _worker_of(hospital: str, work_dir: Path) -> int:
+    """The pid of the warm worker (`src.client.worker`) that `hospital`'s SuperNode started."""
+    for pid, cmdline in processes_of(work_dir).items():
+        if "src.client.worker" in cmdline and hospital in " ".join(psutil.Process(pid).parent().cmdline()):
+            return pid
+    raise AssertionError(f"no worker of {hospital} among {processes_of(work_dir)}")
+
+
 class Lines:
     """on_log_line that keeps each line with the time it arrived."""
 
@@ -108,14 +116,24 @@ def test_superlink_that_cannot_start_raises_with_its_log(tmp_path: Path,
 def test_deployment_completes_refuses_unregistered_and_reports_killed(tmp_path: Path) -> None:
     """TLS + SuperNode auth, 2 hospitals x 2 rounds; an unregistered SuperNode is
     refused; a third hospital killed at submission is reported as failed (the toy
-    ServerApp proceeds once min-nodes=2 replies are in)."""
+    ServerApp proceeds once min-nodes=2 replies are in). Every message runs in the
+    hospitals' warm workers; hospital_1's, killed after round 1, is started again by its
+    SuperNode in time for round 2."""
+    killed: list[int] = []
+
+    def lines_and_kill(line: str) -> None:
+        lines(line)
+        if line.startswith("TOY round 1/2"):
+            killed.append(_worker_of("hospital_1", tmp_path))
+            os.kill(killed[0], signal.SIGKILL)
+
     lines = Lines()
     hospitals = [Hospital(n, {"hospital": n, "manifest": f"/data/{n} manifest.json"})
                  for n in ("hospital_1", "hospital_2", "hospital_3")]
     hospitals.append(Hospital("intruder", {"hospital": "intruder"}, register=False))
     out = run_federation(TOY_APP, tmp_path, hospitals,
                          {"num-server-rounds": 2, "min-nodes": 2, "round-timeout": 120.0},
-                         on_log_line=lines, kill_after={"hospital_3": 0.0}, timeout_s=300)
+                         on_log_line=lines_and_kill, kill_after={"hospital_3": 0.0}, timeout_s=300)
     assert out.status == "finished:completed", (out, out.log_path.read_text())
     assert out.ok and out.run_id is not None
     assert out.refused_hospitals == ["intruder"]
@@ -131,6 +149,11 @@ def test_deployment_completes_refuses_unregistered_and_reports_killed(tmp_path: 
                  "--disable-runtime-dependency-installation"):
         assert flag in superlink_cmd
     assert "Failed to activate SuperNode" in (fed / "logs/supernode-intruder.log").read_text()
+    assert killed, "the test did not find hospital_1's worker"
+    for name, tasks in (("hospital_1", 2), ("hospital_2", 2)):
+        log = (fed / f"logs/supernode-{name}.log").read_text()
+        assert log.count(": completed in ") == tasks  # run by the worker, not a flwr-clientapp per message
+        assert ("starting it again" in log) == (name == "hospital_1")
     assert set(out.timings) >= {"superlink_ready", "supernodes_online", "run", "teardown"}
     assert_all_gone(tmp_path)
 

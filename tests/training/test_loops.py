@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from src.config import compose_config
+from src.data.dataset import make_dataset
 from src.data.layouts import Sample
 from src.data.synthetic import generate
 from src.models.registry import build_model
@@ -19,6 +20,22 @@ def samples(tmp_path_factory):
     generate(root / "img", hospitals=1, images_per_hospital=12, seed=0)
     classes = ["normal", "bacterial", "viral"]
     return root, [Sample(str(f), classes.index(f.parent.name)) for f in sorted((root / "img").rglob("*.dcm"))]
+
+
+def test_an_empty_poisson_batch_can_be_built_from_a_training_batch(samples):
+    """Under DP, Opacus samples each image with probability q, so a batch can be empty. It builds
+    that batch in the shape of the first one, which must therefore hold no str (such as the cache
+    key's file stamp)."""
+    from opacus.data_loader import CollateFnWithEmpty
+    from torch.utils.data import default_collate
+
+    root, items = samples
+    cfg = compose_config([f"data.cache_dir={root / 'cache'}", "data.image_size=32"])
+    dataset = make_dataset(items[:2], cfg.data, train=True)
+    collate = CollateFnWithEmpty(default_collate)
+    collate([dataset[0], dataset[1]])
+    empty = collate([])
+    assert set(empty) == {"image", "label"} and empty["image"].shape == (0, 1, 32, 32)
 
 
 @pytest.mark.parametrize("private", [False, True])

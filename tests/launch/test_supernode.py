@@ -1,0 +1,44 @@
+"""The SuperNode's warm worker: started again when it dies, left when it stops gracefully; what it preloads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from src.launch import supernode
+from src.launch.startup import installed_client_app
+
+REPO = Path(__file__).resolve().parents[2]
+TOY_APP = Path(__file__).parent / "toy_app"
+
+
+def _dies(times: int, then: int, count: Path) -> list[str]:
+    """A process that is killed (SIGKILL) its first `times` starts, then exits with code `then`."""
+    script = (f"import os, signal; from pathlib import Path; p = Path({str(count)!r}); "
+              f"n = int(p.read_text()) if p.exists() else 0; p.write_text(str(n + 1)); "
+              f"os.kill(os.getpid(), signal.SIGKILL) if n < {times} else exit({then})")
+    return [sys.executable, "-c", script]
+
+
+def _keep_running(command: list[str]) -> None:
+    supernode._keep_running(subprocess.Popen(command), command, {})
+
+
+def test_a_killed_worker_is_started_again_until_it_exits_gracefully(tmp_path, monkeypatch):
+    monkeypatch.setattr(supernode, "RESTART_PAUSE_S", 0.0)
+    count = tmp_path / "starts"
+    _keep_running(_dies(2, 3, count))  # 3: Flower's graceful exit on SIGTERM
+    assert count.read_text() == "3"
+
+
+def test_a_worker_that_keeps_dying_is_left_after_max_restarts(tmp_path, monkeypatch):
+    monkeypatch.setattr(supernode, "RESTART_PAUSE_S", 0.0)
+    count = tmp_path / "starts"
+    _keep_running(_dies(100, 0, count))
+    assert count.read_text() == str(supernode.MAX_RESTARTS + 1)
+
+
+def test_workers_preload_fedcxrs_client_app_but_not_an_app_only_in_its_bundle():
+    assert installed_client_app(REPO) == ["src.client.app"]
+    assert installed_client_app(TOY_APP) == []

@@ -7,7 +7,7 @@ the synthetic hospitals, prepared beforehand so that data generation is not coun
 and splits its wall time into: the initial model and the hospitals' front-end features
 (which the launcher computes while it prepares their data), starting the SuperLink and
 SuperNodes, submitting the run, each round's local training (the slowest hospital: hospitals train in parallel,
-so it is the round's critical path), the rest of the round (ClientApp process start,
+so it is the round's critical path), the rest of the round (message transport to and from the hospitals' warm workers,
 model transport, the hospitals' evaluation of the previous round's model, which rides
 on the train message, aggregation, the pooled evaluation), the hospitals' evaluation of
 the last model, and teardown.

@@ -22,8 +22,11 @@ torn down whatever happens: completion, failure, exception, Ctrl-C, SIGTERM.
 
 Everything lives under ``work_dir/federation/``: ``certs/`` (CA, server certificate,
 SuperNode keys), ``flwr_home/`` (``FLWR_HOME`` of every process: CLI connection
-config, unpacked apps), ``logs/<process>.log``, ``run_config.toml``, ``state.db``,
-``run.log`` (the run's log).
+config, unpacked apps), ``logs/<process>.log``, ``run_config.toml``, ``run.log`` (the
+run's log). The SuperLink keeps its state in memory (Flower's default ``--database``):
+with a SQLite file it commits every message and every piece of a model to disk, which
+made each exchange take seconds; and no masked update or message is left on the
+coordinator's disk after the run.
 
 Here: the arguments, the run's submission and the teardown. The steps live beside it:
 ``configs`` (argument checks), ``startup`` (processes up), ``flwr_cli`` (the ``flwr``

@@ -39,8 +39,7 @@ def write_flwr_files(run_dir: Path, run_config: dict, port: int = PORT) -> tuple
 def commands(app_dir: Path, run_dir: Path, hospitals: list[Hospital], mode: str, port: int = PORT) -> list[str]:
     """The shell commands that run the prepared run with Flower's CLI (after `write_flwr_files`)."""
     q = shlex.quote
-    superlink = (f"flower-superlink --insecure --disable-runtime-dependency-installation --port {port} "
-                 f"--database {q(str(run_dir / 'flwr_home' / 'state.db'))}")
+    superlink = f"flower-superlink --insecure --disable-runtime-dependency-installation --port {port}"
     lines = [f"cd {q(str(app_dir))}", f"export FLWR_HOME={q(str(run_dir / 'flwr_home'))}"]
     submit = f"flwr run . {CONNECTION} --run-config {q(str(run_dir / 'run_config.toml'))} --stream"
     if mode == "simulation":

@@ -164,7 +164,7 @@ def start_deployment(sup: ProcessSupervisor, cli: FlwrCli, bin_dir: Path, fed: P
         "--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.server_cert),
         "--ssl-keyfile", str(tls.server_key),
         "--enable-supernode-auth", "--disable-runtime-dependency-installation",
-        "--host", "127.0.0.1", "--port", str(port), "--database", str(fed / "state.db"),
+        "--host", "127.0.0.1", "--port", str(port),
     ], cwd=fed)
     _wait_healthy(sup, port, tls.ca_cert, timeout)
     _write_connection(sup.env or {}, f"127.0.0.1:{port}", tls.ca_cert)
@@ -243,7 +243,7 @@ def start_simulation(sup: ProcessSupervisor, bin_dir: Path, fed: Path, timeout: 
     sup.start("superlink", [
         str(bin_dir / "flower-superlink"), "--simulation", "--insecure",
         "--disable-runtime-dependency-installation",
-        "--host", "127.0.0.1", "--port", str(port), "--database", str(fed / "state.db"),
+        "--host", "127.0.0.1", "--port", str(port),
     ], cwd=fed)
     _wait_healthy(sup, port, None, timeout)
     _write_connection(sup.env or {}, f"127.0.0.1:{port}", None)

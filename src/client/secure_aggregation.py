@@ -7,8 +7,8 @@ identity key, every neighbour's is verified against the consortium roster, and t
 hospital's own policy (`src/client/hospital.py`) bounds the threshold and the
 survivors it accepts, whatever the server sends. Between messages each round's session (private keys, the
 shares it holds) waits in the Flower Context.state on the hospital's own SuperNode.
-The stage handlers import neither torch nor MONAI: Flower starts a fresh process
-for every message, and the stages need only numpy and `cryptography`.
+The stage handlers import neither torch nor MONAI: without a warm worker Flower starts
+a fresh process for every message, and the stages need only numpy and `cryptography`.
 """
 
 from __future__ import annotations

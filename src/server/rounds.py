@@ -9,9 +9,9 @@ is the strategy's own, unchanged.
 
 The hospitals evaluate each new global model on their own test sets at the start of
 the next round's train message, which brings that model anyway; only the last model
-gets an evaluate message of its own. Flower starts a process per message on every
-hospital, and each process imports torch and MONAI, so this saves an exchange (about
-20 s on 2 cores) per round.
+gets an evaluate message of its own. This saves one exchange per round (about 0.8 s on
+2 cores with the hospitals' warm workers; about 20 s when Flower started a process per
+message).
 """
 
 from __future__ import annotations

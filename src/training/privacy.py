@@ -1,8 +1,8 @@
 """Differential privacy at a hospital: Opacus DP-SGD, with ε cumulative over the whole run.
 
-Opacus' accountant knows only the steps of its own PrivacyEngine, and Flower starts a
-fresh ClientApp process for every message (and `resume=` fresh SuperNodes), so a new
-engine each round would report that round's ε alone. The accountant's history — one
+Opacus' accountant knows only the steps of its own PrivacyEngine, and each round builds
+a new one, in a process that may be new (a restarted worker, Flower's per-message
+processes, `resume=`'s fresh SuperNodes), so it would report that round's ε alone. The accountant's history — one
 (σ, q, steps) entry per round trained — is kept in the hospital's ledger file next to
 its manifest, and every ε is computed by Opacus' RDP accountant over all of it.
 

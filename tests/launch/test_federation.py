@@ -118,7 +118,8 @@ def test_deployment_completes_refuses_unregistered_and_reports_killed(tmp_path: 
     refused; a third hospital killed at submission is reported as failed (the toy
     ServerApp proceeds once min-nodes=2 replies are in). Every message runs in the
     hospitals' warm workers; hospital_1's, killed after round 1, is started again by its
-    SuperNode in time for round 2."""
+    SuperNode in time for round 2 (the ServerApp pauses 3 s after each round's line, so that
+    the kill lands between rounds)."""
     killed: list[int] = []
 
     def lines_and_kill(line: str) -> None:
@@ -132,7 +133,7 @@ def test_deployment_completes_refuses_unregistered_and_reports_killed(tmp_path: 
                  for n in ("hospital_1", "hospital_2", "hospital_3")]
     hospitals.append(Hospital("intruder", {"hospital": "intruder"}, register=False))
     out = run_federation(TOY_APP, tmp_path, hospitals,
-                         {"num-server-rounds": 2, "min-nodes": 2, "round-timeout": 120.0},
+                         {"num-server-rounds": 2, "min-nodes": 2, "round-timeout": 120.0, "round-pause": 3.0},
                          on_log_line=lines_and_kill, kill_after={"hospital_3": 0.0}, timeout_s=300)
     assert out.status == "finished:completed", (out, out.log_path.read_text())
     assert out.ok and out.run_id is not None

@@ -53,4 +53,5 @@ def main(grid: Grid, context: Context) -> None:
         print(f"TOY round {rnd}/{rounds}: {len(replies)} replies from {','.join(names)}, "
               f"error {float(np.linalg.norm(w - W_TRUE)):.4f}, "
               f"{time.monotonic() - t0:.2f}s", flush=True)
+        time.sleep(float(rc["round-pause"]))
     print("TOY done", flush=True)

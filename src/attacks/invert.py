@@ -340,7 +340,8 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def verdict(scenarios: dict) -> str:
+def verdict(scenarios: dict, defences: str = "secure aggregation, DP") -> str:
+    """The audit's conclusion; `defences` names what protected the audited run's aggregate."""
     nan = float("nan")
     gate = scenarios.get("gradient-1")
     text = []
@@ -357,13 +358,13 @@ def verdict(scenarios: dict) -> str:
         gain = secure["ssim_gain"] - out.get("ssim_gain", 0.0)
         hidden = (at_chance(secure, "reidentification") and at_chance(secure, "feature_reidentification")
                   and gain <= 0.02)
-        text.append(f"Default defences (secure aggregation, DP): re-identification {secure['reidentification']:.3f} "
+        text.append(f"The run's defences ({defences}): re-identification {secure['reidentification']:.3f} "
                     f"in pixels, {secure.get('feature_reidentification', nan):.3f} by features (chance "
                     f"{secure['chance']:.3f}; information-free reconstructions {null.get('reidentification', nan):.3f}"
                     f" and {null.get('feature_reidentification', nan):.3f}); SSIM gain {secure['ssim_gain']:+.3f}, "
                     f"{gain:+.3f} over the same reconstructions paired with outsiders (target ≤ 0.02): " + (
                         "at the baselines — no usable information for this attack." if hidden else
-                        "ABOVE the baselines — the default defences leak to this attack."))
+                        "ABOVE the baselines — these defences leak to this attack."))
     return " ".join(text)
 
 
@@ -382,7 +383,8 @@ def audit(run_dir: Path, scenarios: list[str], hospital: str | None = None, devi
         truth, images = r.pop("_montage")
         montage(run_dir / f"attack_{re.sub(r'[^A-Za-z0-9-]+', '_', name)}.png", truth, images, target.others,
                 f"{name}: {r['images']} image(s) in the update")
-    results = {"hospital": target.hospital, "scenarios": found, "verdict": verdict(found),
+    defences = "secure aggregation, DP" if target.cfg.privacy.get("name") == "dp" else "secure aggregation, no DP"
+    results = {"hospital": target.hospital, "scenarios": found, "verdict": verdict(found, defences),
                "out_of_scope": "attacks that craft the global model (malicious server: Robbing the Fed, MedLeak)"}
     (run_dir / "attack.json").write_text(json.dumps(results, indent=1))
     write_section(run_dir / "report.md", markdown(results))

@@ -75,6 +75,8 @@ def test_the_verdict_on_the_defaults_compares_with_chance():
     assert "at the baselines" in verdict({"secure-aggregate": {**row, "reidentification": 0.6}})
     assert "ABOVE the baselines" in verdict({"secure-aggregate": {**row, "reidentification": 0.9}})
     assert "ABOVE the baselines" in verdict({"secure-aggregate": {**row, "reidentification": 0.5, "ssim_gain": 0.05}})
+    assert "The run's defences (secure aggregation, no DP)" in verdict(
+        {"secure-aggregate": {**row, "reidentification": 0.6}}, "secure aggregation, no DP")
 
 
 def test_reidentification_by_features_counts_too():

@@ -12,7 +12,7 @@ except those that end a process. Imports, the model registry and decoded data st
 between messages.
 
 The SuperNode starts this worker where it would start `flower-superexec`
-(`src/launch/supernode.py`). It starts it again should it die, and the worker stops with
+(`src/launch/supernode.py`). It starts it again should a signal kill it, and the worker stops with
 the SuperNode. The worker talks only to its own SuperNode's runtime API, on the hospital's
 side of the trust boundary. If the worker dies during a task, the SuperNode answers that
 message with Flower's "ClientApp crashed" error once the task's heartbeat stops. The

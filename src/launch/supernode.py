@@ -11,13 +11,14 @@ has not fully reached the SuperLink is pulled again after 0.05 s rather than Flo
 Where the SuperNode would start `flower-superexec` (which starts a process per message),
 it starts the hospital's warm worker (`src/client/worker.py`) with the same arguments,
 plus `--preload MODULE` for each one given to this module. It starts the worker again if
-the worker dies. Otherwise Flower's own entry point runs unchanged.
+a signal kills the worker. Otherwise Flower's own entry point runs unchanged.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import signal
 import subprocess
 import sys
 import threading
@@ -67,16 +68,20 @@ class _WarmWorker:
 
 
 def _keep_running(process: subprocess.Popen, command: list[str], kwargs: dict) -> None:
-    """Start the worker again each time it dies, at most MAX_RESTARTS times; a graceful exit
-    (the SuperNode stopping, a SIGINT or SIGTERM) ends it."""
+    """Start the worker again each time a signal kills it (SIGKILL, a crash; at most MAX_RESTARTS
+    times). A worker that exits by itself is left: gracefully (the SuperNode stopping, SIGINT,
+    SIGTERM), or with an error it reports, such as losing its SuperNode while that shuts down."""
     for restarts in range(MAX_RESTARTS + 1):
         code = process.wait()
-        if code in GRACEFUL:
+        if -code in (signal.SIGINT, signal.SIGTERM) or code in GRACEFUL:
+            return
+        if code > 0:
+            log.error("the hospital's worker exited with code %d: leaving it", code)
             return
         if restarts == MAX_RESTARTS:
-            log.error("the hospital's worker exited with code %d, %d restarts spent: leaving it", code, restarts)
+            log.error("the hospital's worker was killed (signal %d), %d restarts spent: leaving it", -code, restarts)
             return
-        log.warning("the hospital's worker exited with code %d: starting it again", code)
+        log.warning("the hospital's worker was killed (signal %d): restarting it", -code)
         time.sleep(RESTART_PAUSE_S)
         process = subprocess.Popen(command, **kwargs)
 

@@ -1,10 +1,12 @@
-"""The SuperNode's warm worker: started again when it dies, left when it stops gracefully; what it preloads."""
+"""The SuperNode's warm worker: started again when a signal kills it, left when it exits by itself; what it preloads."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from src.launch import supernode
 from src.launch.startup import installed_client_app
@@ -25,11 +27,18 @@ def _keep_running(command: list[str]) -> None:
     supernode._keep_running(subprocess.Popen(command), command, {})
 
 
-def test_a_killed_worker_is_started_again_until_it_exits_gracefully(tmp_path, monkeypatch):
+@pytest.mark.parametrize("code", [3, 101])  # Flower's graceful exit on SIGTERM; an error the worker reports
+def test_a_killed_worker_is_started_again_until_it_exits_by_itself(tmp_path, monkeypatch, code):
     monkeypatch.setattr(supernode, "RESTART_PAUSE_S", 0.0)
     count = tmp_path / "starts"
-    _keep_running(_dies(2, 3, count))  # 3: Flower's graceful exit on SIGTERM
+    _keep_running(_dies(2, code, count))
     assert count.read_text() == "3"
+
+
+def test_a_worker_that_exits_with_an_error_is_not_started_again(tmp_path):
+    count = tmp_path / "starts"
+    _keep_running(_dies(0, 101, count))
+    assert count.read_text() == "1"
 
 
 def test_a_worker_that_keeps_dying_is_left_after_max_restarts(tmp_path, monkeypatch):

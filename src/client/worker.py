@@ -27,6 +27,7 @@ hospital's installed copy.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import importlib
 import logging
@@ -130,12 +131,10 @@ def preload(module: str) -> None:
 def main() -> None:
     """`flower-superexec`'s command line, plus `--preload MODULE` (any number)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    args, modules = sys.argv[1:], []
-    while "--preload" in args:
-        i = args.index("--preload")
-        modules.append(args[i + 1])
-        del args[i:i + 2]
-    for module in modules:
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # --help stays Flower's
+    parser.add_argument("--preload", action="append", default=[], metavar="MODULE")
+    ours, flowers = parser.parse_known_args()
+    for module in ours.preload:
         threading.Thread(target=preload, args=(module,), daemon=True).start()
     superexec.get_executor = lambda *_, **__: WarmExecutor()
     # The SuperNode hands out a task as soon as it has the message's metadata, while it is still
@@ -143,7 +142,7 @@ def main() -> None:
     run_clientapp.pull_and_inflate_object_from_tree = functools.partial(
         run_clientapp.pull_and_inflate_object_from_tree, initial_backoff=PULL_BACKOFF_S[0],
         backoff_cap=PULL_BACKOFF_S[1])
-    sys.argv = ["flower-superexec", *args]
+    sys.argv = ["flower-superexec", *flowers]
     flower_superexec()
 
 

@@ -16,6 +16,7 @@ a signal kills the worker. Otherwise Flower's own entry point runs unchanged.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import signal
@@ -87,17 +88,16 @@ def _keep_running(process: subprocess.Popen, command: list[str], kwargs: dict) -
 
 
 def main() -> None:
-    args, preload = sys.argv[1:], []
-    while "--preload" in args:
-        i = args.index("--preload")
-        preload.append(args[i + 1])
-        del args[i:i + 2]
+    """`flower-supernode`'s command line, plus `--preload MODULE` (any number) for its worker."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # --help stays Flower's
+    parser.add_argument("--preload", action="append", default=[], metavar="MODULE")
+    ours, flowers = parser.parse_known_args()
     internal.time = _ShortSleeps()
     # the message's content can reach the SuperLink after the message: retry within PULL_BACKOFF_S, not 1 s, 2 s, ...
     internal.pull_objects = functools.partial(internal.pull_objects, initial_backoff=PULL_BACKOFF_S[0],
                                               backoff_cap=PULL_BACKOFF_S[1])
-    internal.subprocess = _WarmWorker(preload)
-    sys.argv = ["flower-supernode", *args]
+    internal.subprocess = _WarmWorker(ours.preload)
+    sys.argv = ["flower-supernode", *flowers]
     sys.exit(flower_supernode())
 
 

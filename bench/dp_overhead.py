@@ -1,6 +1,7 @@
 """What differential privacy costs a hospital's training step: time per optimizer step
-and peak memory of Opacus DP-SGD (`privacy.grad_sample_mode` hooks, functorch, ghost)
-beside non-private training, for every registered model at the default image size.
+and peak memory of DP-SGD in every `privacy.grad_sample_mode` (Opacus' hooks, functorch,
+ghost; fedcxr's closed form `linear` for a linear head) beside non-private training, for
+every registered model at the default image size, and which mode `auto` picks.
 
     python bench/dp_overhead.py [--models small_cnn resnet18] [--steps 20] [--repeats 3] [--out FILE]
 
@@ -11,24 +12,31 @@ a default hospital), with each model's configured batch size and 64 px images. A
 with a fixed front end (`scatter_linear`) is timed as a hospital trains it: its head
 alone, on features, at full batch (a default hospital's training images per step).
 
-Data: a plain in-memory tensor dataset of random 1×64×64 images (or features) and labels, served as
+Data: a default hospital's training set (images_per_hospital less the validation and test
+shares: 195 images) of random 1×64×64 images (or features) and labels, in memory, served as
 the {"image", "label"} dicts `train_epochs` expects, through a torch DataLoader
-(num_workers=0, as `make_loader`'s). Not the synthetic DICOM hospitals through
+(num_workers=0, as `make_loader`'s), or `--steps` batches of it where that is fewer (the
+large CNNs); a timed call runs as many epochs over it as make about `--steps` steps. (A dataset of steps × batch images, one epoch, would make Poisson
+sampling draw over all of them at every step, a cost no hospital pays.) Not the synthetic DICOM hospitals through
 `make_loader`: decoding, the MONAI cache and augmentation cost the same with and without
 DP, so they would only dilute the ratio and add noise to it. The ratios here are the DP
 step's own cost, an upper bound on what a whole round slows down by.
 
 Timing: one thread (`torch.set_num_threads`; a hospital of the default run on a
-2-core machine gets cpu_count // 3 hospitals = 1), a 2-step warm-up call of
-`train_epochs`, then `--repeats` timed calls of `--steps` steps each (one epoch over a
-dataset of steps × 16 images); the best repeat's seconds per step is reported (the
-least disturbed by other work on the machine), every repeat is in the JSON. Each call
-includes `make_private` (once per round at a hospital; amortised over the steps).
-Poisson sampling draws a batch of *expected* size 16; the loader's generator (which
-Opacus' sampler takes over) is re-seeded before each call, so every repeat and every DP mode sees the same batches, and the
-table and JSON give the mean batch actually drawn.
+2-core machine gets cpu_count // 3 hospitals = 1), a one-epoch warm-up call of
+`train_epochs`, then `--repeats` timed calls of about `--steps` steps each; the best
+repeat's seconds per step is reported (the least disturbed by other work on the
+machine), every repeat is in the JSON. Each call includes `make_private` (once per round
+at a hospital; amortised over the steps). A DP mode's process also times the plain step
+(a copy of the model) before each of its repeats, and its ratio is to that plain step:
+timed in different processes, a millisecond step varied by ±20% here, more than the
+difference being measured.
+Poisson sampling draws a batch of *expected* size 16 (the whole training set for
+`scatter_linear`, at sample rate 1) from `train_epochs`' secret generator, so batches
+differ between repeats and modes; the table and JSON give the mean batch actually drawn.
 
-Memory: each (model, mode) runs in a fresh subprocess. On the CPU, the peak resident
+Memory: each (model, mode) runs in a fresh subprocess (a DP mode's peak is above its
+plain copy's, so it is the DP step's). On the CPU, the peak resident
 set (VmHWM, reset through /proc/self/clear_refs after imports, model and data are
 built; else ru_maxrss) minus the resident set at that point: activations, per-sample
 gradients, optimizer state and whatever the allocator keeps. On CUDA,
@@ -41,6 +49,7 @@ bench/results/dp_overhead.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -52,10 +61,9 @@ import warnings
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "dp_overhead.json"
-MODES = ("none", "hooks", "functorch", "ghost")  # none: non-private training
+MODES = ("none", "hooks", "functorch", "ghost", "linear")  # none: non-private training; linear: a linear head only
 # Steps per timed call, sized so that all four models take ~10 minutes on 2 busy cores.
-DEFAULT_STEPS = {"scatter_linear": 200, "small_cnn": 40, "mobilenet_v2": 10, "resnet18": 5, "densenet121": 5}
-WARMUP_STEPS = 2
+DEFAULT_STEPS = {"scatter_linear": 1000, "small_cnn": 40, "mobilenet_v2": 10, "resnet18": 5, "densenet121": 5}
 AIM = 1.3  # the aim: DP at most 1.3x the time of non-private training for the default model
 
 
@@ -85,6 +93,7 @@ def worker(model_name: str, mode: str, steps: int, repeats: int, threads: int, d
     import torch
     from torch.utils.data import DataLoader, Dataset
 
+    from src.training.grad_sample import choose
     from src.training.privacy import plan
     from src.training.loops import resolve_device, train_epochs
     from src.config import compose_config
@@ -124,13 +133,12 @@ def worker(model_name: str, mode: str, steps: int, repeats: int, threads: int, d
             self.drawn += 1
             return {"image": self.images[i], "label": self.labels[i]}
 
-    def loader(n_steps: int) -> tuple[DataLoader, RandomImages]:
-        data = RandomImages(n_steps * batch_size)
-        return DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=0,
-                          generator=torch.Generator().manual_seed(0)), data
+    data = RandomImages(min(num_train, steps * batch_size))  # an epoch of at most `steps` steps
+    loader = DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=0,
+                        generator=torch.Generator().manual_seed(0))
+    epochs = max(1, round(steps / len(loader)))
 
     dp = None if mode == "none" else plan(cfg.privacy, cfg.federation, num_train)
-    warm, timed = loader(WARMUP_STEPS), loader(steps)
     lr, optimizer, momentum = float(cfg.federation.lr), str(cfg.federation.optimizer), float(cfg.federation.momentum)
 
     cuda = device.type == "cuda"
@@ -141,27 +149,35 @@ def worker(model_name: str, mode: str, steps: int, repeats: int, threads: int, d
     base_kb, hwm_reset = _rss_kb("VmRSS"), _reset_peak_rss()
     out = {"model": model_name, "mode": mode, "steps": steps, "device": str(device),
            "parameters": sum(p.numel() for p in model.parameters()),
-           "noise_multiplier": None if dp is None else dp.noise_multiplier}
+           "noise_multiplier": None if dp is None else dp.noise_multiplier, "epochs": epochs,
+           "auto_picks": choose("auto", model, device)}
     seen_warnings: dict[str, int] = {}
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            train_epochs(model, warm[0], 1, lr, device, dp=dp, grad_sample_mode=mode, optimizer=optimizer,
-                         momentum=momentum)
-            seconds, batches = [], []
-            for r in range(repeats):
-                torch.manual_seed(1)  # dropout and DP noise
-                timed[0].generator.manual_seed(1)  # Opacus' Poisson sampler draws from the loader's generator
-                timed[1].drawn = 0
+            def timed(net, plan_or_none, n_epochs: int) -> tuple[float, float]:
+                """Seconds per step and images per step of one `train_epochs` call."""
+                torch.manual_seed(1)  # dropout
+                loader.generator.manual_seed(1)
+                data.drawn = 0
                 if cuda:
                     torch.cuda.synchronize(device)
                 start = time.perf_counter()
-                _, taken = train_epochs(model, timed[0], 1, lr, device, dp=dp, grad_sample_mode=mode,
+                _, taken = train_epochs(net, loader, n_epochs, lr, device, dp=plan_or_none, grad_sample_mode=mode,
                                         optimizer=optimizer, momentum=momentum)
                 if cuda:
                     torch.cuda.synchronize(device)
-                seconds.append((time.perf_counter() - start) / taken)
-                batches.append(timed[1].drawn / taken)
+                return (time.perf_counter() - start) / taken, data.drawn / taken
+
+            plain = copy.deepcopy(model) if dp is not None else None
+            timed(model, dp, 1)
+            seconds, batches, plain_seconds = [], [], []
+            for r in range(repeats):
+                if plain is not None:  # the plain step, timed between the DP ones in this process
+                    plain_seconds.append(timed(plain, None, epochs)[0])
+                step, batch = timed(model, dp, epochs)
+                seconds.append(step)
+                batches.append(batch)
         for w in caught:
             key = f"{w.category.__name__}: {str(w.message).splitlines()[0][:200]}"
             seen_warnings[key] = seen_warnings.get(key, 0) + 1
@@ -171,6 +187,8 @@ def worker(model_name: str, mode: str, steps: int, repeats: int, threads: int, d
     out |= {"s_per_step": seconds[best], "s_per_step_repeats": seconds, "mean_batch": batches[best],
             "s_per_image": seconds[best] / batches[best],
             "warnings": seen_warnings}
+    if plain_seconds:
+        out |= {"plain_s_per_step_here": min(plain_seconds), "plain_s_per_step_here_repeats": plain_seconds}
     if cuda:
         out |= {"peak_mb": (torch.cuda.max_memory_allocated(device) - base_bytes) / 2**20,
                 "memory_method": "torch.cuda.max_memory_allocated - allocated before training"}
@@ -219,12 +237,16 @@ def add_ratios(rows: list[dict]) -> None:
         base = plain.get(r["model"])
         if "error" in r or base is None:
             continue
-        r["time_ratio"] = r["s_per_step"] / base["s_per_step"]
+        r["time_ratio"] = r["s_per_step"] / r.get("plain_s_per_step_here", base["s_per_step"])
         r["memory_ratio"] = r["peak_mb"] / base["peak_mb"] if base["peak_mb"] > 0 else None
 
 
 def verdict(rows: list[dict], default_model: str, default_mode: str) -> dict:
+    """The default model's ratios; `default_mode` `auto` is the mode it picks for that model."""
     dp = {r["mode"]: r.get("time_ratio") for r in rows if r["model"] == default_model and r["mode"] != "none"}
+    if default_mode == "auto":
+        default_mode = next((r["auto_picks"] for r in rows if r["model"] == default_model and "auto_picks" in r),
+                            default_mode)
     ok = {m: (x is not None and x <= AIM) for m, x in dp.items()}
     fastest = min((m for m in dp if dp[m] is not None), key=dp.__getitem__, default=None)
     return {"aim": f"DP step time <= {AIM}x non-private for the default model", "default_model": default_model,
@@ -262,8 +284,9 @@ def main() -> None:
     report = {
         "settings": {"image_size": int(cfg.data.image_size), "batch_size": int(cfg.federation.batch_size),
                      "threads": args.threads, "device": args.device, "repeats": args.repeats,
-                     "warmup_steps": WARMUP_STEPS, "statistic": "best repeat's seconds per optimizer step",
-                     "data": "in-memory random 1x64x64 images (no decoding or augmentation)",
+                     "warmup": "one epoch", "statistic": "best repeat's seconds per optimizer step",
+                     "data": "a default hospital's training set, in memory: random 1x64x64 images or features "
+                             "(no decoding or augmentation)",
                      "privacy": {k: cfg.privacy[k] for k in ("target_epsilon", "delta", "max_grad_norm")},
                      "optimizer": "each model's configured optimizer and lr (train_epochs)"},
         "machine": machine() | {"load_average_before": load_before, "load_average_after": os.getloadavg()},

@@ -46,7 +46,7 @@ def _train(cfg, initial: torch.nn.Module, samples: list[Sample], epochs: int, de
                                                int(cfg.seed), device, cache)
     dp = plan(cfg.privacy, cfg.federation, len(samples)) if cfg.privacy.name == "dp" else None
     train_epochs(trained_part, loader, epochs, float(cfg.federation.lr), device, dp=dp,
-                 grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "hooks")),
+                 grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "auto")),
                  optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum))
     return model
 

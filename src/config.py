@@ -33,6 +33,7 @@ def from_run_config(run_config) -> DictConfig:
 def validate(cfg: DictConfig) -> None:
     """Refuse a config that cannot run, with one line naming the key, before any process starts."""
     from src.models.registry import MODELS
+    from src.training import grad_sample
 
     fed = cfg.federation
     checks = [
@@ -61,8 +62,8 @@ def validate(cfg: DictConfig) -> None:
          "> 0, or null", cfg.hospital.max_epsilon),
     ]
     if cfg.privacy.name == "dp":
-        checks.append((cfg.privacy.grad_sample_mode in ("hooks", "functorch", "ghost"), "privacy.grad_sample_mode",
-                       "hooks, functorch or ghost", cfg.privacy.grad_sample_mode))
+        checks.append((cfg.privacy.grad_sample_mode in grad_sample.MODES, "privacy.grad_sample_mode",
+                       ", ".join(grad_sample.MODES), cfg.privacy.grad_sample_mode))
     for ok, key, expected, got in checks:
         if not ok:
             raise ValueError(f"{key}: expected {expected}, got {got!r}")
@@ -71,11 +72,16 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _check_opacus_can_train(cfg: DictConfig) -> None:
-    """A model with a layer Opacus cannot compute per-sample gradients for (BatchNorm, ...) is refused."""
+    """A model with a layer Opacus cannot compute per-sample gradients for (BatchNorm, ...), or a
+    `privacy.grad_sample_mode` that cannot train it, is refused."""
     from opacus.validators import ModuleValidator
 
     from src.models.registry import build_model
+    from src.training.grad_sample import choose
 
-    errors = ModuleValidator.validate(build_model(cfg.model, 2), strict=False)
+    model = build_model(cfg.model, 2)
+    errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise ValueError(f"model.name: Opacus cannot train {cfg.model.name} under privacy=dp: {errors[0]}")
+    trained = model.head if getattr(model, "front_end", None) is not None else model  # as local_training_view
+    choose(str(cfg.privacy.grad_sample_mode), trained, "cpu")

@@ -135,7 +135,7 @@ def train_round(msg: Message, context: Context) -> Message:
     loss, steps = train_epochs(
         trained_part, loader, int(cfg.federation.local_epochs), float(cfg.federation.lr), device,
         proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
-        dp=dp, grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "hooks")),
+        dp=dp, grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "auto")),
         optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum),
     )
     metrics = {"train_loss": loss, "num-examples": len(samples), "train_seconds": time.perf_counter() - start}

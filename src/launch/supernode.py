@@ -4,9 +4,13 @@ flwr 1.42's SuperNode sleeps a hard-coded 3 s after each pull that finds no mess
 0.5 s between checks for its ClientApp's reply (`flwr.supernode.start_client_internal`;
 no option or environment variable sets either). A round under secure aggregation is
 three exchanges, so on a federation whose hospitals answer in a second these sleeps
-were a large part of every round. This module caps those sleeps at POLL_S; a pull is one
-small HTTPS request, so an idle SuperNode makes four per second. A message whose content
-has not fully reached the SuperLink is pulled again after 0.05 s rather than Flower's 1 s.
+were a large part of every round. This module shortens them:
+- a check for the reply reads the SuperNode's own memory: every LOCAL_POLL_S;
+- a pull is one small HTTPS request to the SuperLink: every ACTIVE_POLL_S for ACTIVE_S
+  after the last message (the next exchange of a round comes within seconds), every
+  IDLE_POLL_S otherwise.
+A message whose content has not fully reached the SuperLink is pulled again after
+0.05 s rather than Flower's 1 s.
 
 Where the SuperNode would start `flower-superexec` (which starts a process per message),
 it starts the hospital's warm worker (`src/client/worker.py`) with the same arguments,
@@ -29,7 +33,8 @@ import flwr.supernode.start_client_internal as internal
 from flwr.supercore.exit import ExitCode
 from flwr.supernode.cli import flower_supernode
 
-POLL_S = 0.25
+LOCAL_POLL_S = 0.01
+ACTIVE_POLL_S, ACTIVE_S, IDLE_POLL_S = 0.05, 30.0, 0.25
 PULL_BACKOFF_S = (0.05, 1.0)  # first retry, longest wait; Flower's are (1, 10) s
 RESTART_PAUSE_S, MAX_RESTARTS = 1.0, 5
 GRACEFUL = {ExitCode.SUCCESS, ExitCode.GRACEFUL_EXIT_SIGINT, ExitCode.GRACEFUL_EXIT_SIGQUIT,
@@ -38,14 +43,33 @@ log = logging.getLogger(__name__)
 
 
 class _ShortSleeps:
-    """The `time` module as `start_client_internal` sees it, its sleeps at most POLL_S."""
+    """The `time` module as `start_client_internal` sees it, its sleeps shortened: Flower's 3 s
+    follows an empty pull, its 0.5 s a look at its own state."""
+
+    def __init__(self) -> None:
+        self.last_message = float("-inf")
 
     def __getattr__(self, name: str):
         return getattr(time, name)
 
-    @staticmethod
-    def sleep(seconds: float) -> None:
-        time.sleep(min(seconds, POLL_S))
+    def sleep(self, seconds: float) -> None:
+        if seconds < 1:
+            time.sleep(min(seconds, LOCAL_POLL_S))
+        else:
+            active = time.monotonic() - self.last_message < ACTIVE_S
+            time.sleep(min(seconds, ACTIVE_POLL_S if active else IDLE_POLL_S))
+
+    def noting_messages(self, pull):
+        """`pull` (Flower's `_pull_and_store_message`), noting when it returns a message."""
+
+        @functools.wraps(pull)
+        def pull_and_note(*args, **kwargs):
+            run_id = pull(*args, **kwargs)
+            if run_id is not None:
+                self.last_message = time.monotonic()
+            return run_id
+
+        return pull_and_note
 
 
 class _WarmWorker:
@@ -93,6 +117,7 @@ def main() -> None:
     parser.add_argument("--preload", action="append", default=[], metavar="MODULE")
     ours, flowers = parser.parse_known_args()
     internal.time = _ShortSleeps()
+    internal._pull_and_store_message = internal.time.noting_messages(internal._pull_and_store_message)
     # the message's content can reach the SuperLink after the message: retry within PULL_BACKOFF_S, not 1 s, 2 s, ...
     internal.pull_objects = functools.partial(internal.pull_objects, initial_backoff=PULL_BACKOFF_S[0],
                                               backoff_cap=PULL_BACKOFF_S[1])

@@ -73,7 +73,7 @@ def privacy_table(hospitals: dict, cfg: dict) -> list[str]:
     target = cfg["privacy"].get("target_epsilon")
     lines = ["", "## Privacy (DP-SGD, cumulative over every round each hospital trained in)", "",
              f"Target ε {target if target is not None else '– (fixed σ)'}, clipping norm "
-             f"{cfg['privacy']['max_grad_norm']}, Opacus `{cfg['privacy']['grad_sample_mode']}`.", "",
+             f"{cfg['privacy']['max_grad_norm']}, per-sample gradients `{cfg['privacy']['grad_sample_mode']}`.", "",
              "| hospital | ε | δ | σ | sample rate | steps | accountant | note |", "|---" * 8 + "|"]
     for name, h in hospitals.items():
         p = h.get("privacy")

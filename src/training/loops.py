@@ -13,9 +13,11 @@ import numpy as np
 import torch
 from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
+from opacus.optimizers import DPOptimizer
 
 from src.data.layouts import Sample
 from src.models.features import raw_features
+from src.training.grad_sample import choose, linear_cross_entropy
 from src.training.privacy import Plan
 
 
@@ -101,14 +103,15 @@ def secret_generator(device) -> torch.Generator:
 
 
 def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: float = 0.0,
-                 dp: Plan | None = None, grad_sample_mode: str = "hooks", optimizer: str = "adam",
+                 dp: Plan | None = None, grad_sample_mode: str = "auto", optimizer: str = "adam",
                  momentum: float = 0.0) -> tuple[float, int]:
     """`epochs` epochs of Adam or SGD (with `momentum`), fresh each call; returns the last epoch's mean
     loss and the optimizer steps taken.
 
     With `dp`, Opacus DP-SGD: Poisson sampling (expected batch = the loader's), each
     sample's gradient clipped to `dp.max_grad_norm`, Gaussian noise of σ·C; sampling
-    and noise come from `secret_generator`, so no seed reproduces them. With
+    and noise come from `secret_generator`, so no seed reproduces them. The per-sample
+    gradients come from `grad_sample_mode` (src/training/grad_sample.py). With
     `proximal_mu` > 0, FedProx's pull towards the global weights w_g, applied as a
     decoupled step w -= lr·mu·(w - w_g) after each optimizer step: a function of the
     weights alone, so under DP it is post-processing and costs no privacy (as a loss
@@ -123,16 +126,22 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
         raise ValueError(f"federation.optimizer: expected adam or sgd, got {optimizer!r}")
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     criterion = torch.nn.CrossEntropyLoss()
-    net = model
+    net, mode = model, None
     if dp is not None:
-        engine = PrivacyEngine(accountant="rdp")
+        mode = choose(grad_sample_mode, model, device)
         # Opacus would take the Poisson sampler's generator from the (seeded) loader: give it a secret one
         poisson = DPDataLoader.from_data_loader(loader, generator=secret_generator("cpu"))
-        made = engine.make_private(module=model, optimizer=optimizer, criterion=criterion, data_loader=poisson,
-                                   noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-                                   poisson_sampling=False, noise_generator=secret_generator(device),
-                                   grad_sample_mode=grad_sample_mode)
-        net, optimizer, criterion, loader = made if grad_sample_mode == "ghost" else (*made[:2], criterion, made[2])
+        if mode == "linear":  # per-sample gradients in closed form; clipping and noise by Opacus' optimizer
+            optimizer = DPOptimizer(optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+                                    expected_batch_size=int(len(poisson.dataset) * poisson.sample_rate),
+                                    generator=secret_generator(device))
+            loader = poisson
+        else:
+            made = PrivacyEngine(accountant="rdp").make_private(
+                module=model, optimizer=optimizer, criterion=criterion, data_loader=poisson,
+                noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm, poisson_sampling=False,
+                noise_generator=secret_generator(device), grad_sample_mode=mode)
+            net, optimizer, criterion, loader = made if mode == "ghost" else (*made[:2], criterion, made[2])
     last, steps = float("nan"), 0
     for _ in range(epochs):
         total, n = 0.0, 0
@@ -140,8 +149,11 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
             images, labels = _images_and_labels(batch, loader.dataset)
             images, labels = images.to(device), labels.to(device)
             optimizer.zero_grad()
-            loss = criterion(net(images), labels)
-            loss.backward()
+            if mode == "linear":
+                loss = linear_cross_entropy(net, images, labels)
+            else:
+                loss = criterion(net(images), labels)
+                loss.backward()
             optimizer.step()  # an empty Poisson batch still takes a (noise-only) step under DP
             steps += 1
             if global_params is not None:
@@ -151,8 +163,10 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
             total += float(loss.item()) * len(labels)
             n += len(labels)
         last = total / max(n, 1)
-    if dp is not None:
-        net.remove_hooks()  # the caller gets its plain model back
+    if dp is not None:  # the caller gets its plain model back: no per-sample gradients, no hooks
+        optimizer.zero_grad()
+        if mode != "linear":
+            net.remove_hooks()
     return last, steps
 
 

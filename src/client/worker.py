@@ -131,6 +131,7 @@ def preload(module: str) -> None:
 def main() -> None:
     """`flower-superexec`'s command line, plus `--preload MODULE` (any number)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request: twenty polls a second
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # --help stays Flower's
     parser.add_argument("--preload", action="append", default=[], metavar="MODULE")
     ours, flowers = parser.parse_known_args()

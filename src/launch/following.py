@@ -25,7 +25,7 @@ from src.launch.startup import supernode_name
 
 log = logging.getLogger(__name__)
 
-LS_POLL_S = 8.0                    # `flwr ls` fallback cadence (each call ~1.3 s CPU)
+LS_POLL_S = 30.0                   # `flwr ls` fallback cadence: each call is a process, ~1.4 s of CPU
 CRASH_GRACE_S = 5.0                # after "Exit Code", wait this long for `flwr ls`
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 

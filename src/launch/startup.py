@@ -93,7 +93,7 @@ def flower_env(fed: Path, bin_dir: Path) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         "RAY_DISABLE_USAGE_STATS": "1",
     })
-    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.05")  # default 1 s; a local request to the SuperNode
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")  # default 1 s
     return env
 
 

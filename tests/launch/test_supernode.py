@@ -55,21 +55,11 @@ def test_workers_preload_fedcxrs_client_app_but_not_an_app_only_in_its_bundle():
     assert installed_client_app(TOY_APP) == []
 
 
-def test_the_supernode_polls_fast_while_a_run_is_active_and_slowly_when_idle(monkeypatch):
-    """Flower's 0.5 s (a look at the SuperNode's own state) becomes LOCAL_POLL_S; its 3 s after an
-    empty pull becomes ACTIVE_POLL_S within ACTIVE_S of the last message, IDLE_POLL_S otherwise."""
+def test_the_supernode_looks_at_its_own_state_often_and_at_the_superlink_less(monkeypatch):
+    """Flower's 0.5 s (a look at the SuperNode's own memory) becomes LOCAL_POLL_S; its 3 s after an
+    empty pull (a request to the SuperLink) becomes POLL_S."""
     slept: list[float] = []
-    clock = [1000.0]
-    monkeypatch.setattr(supernode, "time", SimpleNamespace(sleep=slept.append, monotonic=lambda: clock[0]))
-    sleeps = supernode._ShortSleeps()
-    answers = iter([None, 7, None])
-    pull = sleeps.noting_messages(lambda **kwargs: next(answers))
-    sleeps.sleep(0.5)
-    assert pull(state=None) is None
-    sleeps.sleep(3)  # no message yet: idle
-    assert pull(state=None) == 7
-    sleeps.sleep(3)
-    clock[0] += supernode.ACTIVE_S + 1
-    assert pull(state=None) is None
-    sleeps.sleep(3)
-    assert slept == [supernode.LOCAL_POLL_S, supernode.IDLE_POLL_S, supernode.ACTIVE_POLL_S, supernode.IDLE_POLL_S]
+    monkeypatch.setattr(supernode, "time", SimpleNamespace(sleep=slept.append))
+    for seconds in (0.5, 3, 0.001):
+        supernode._ShortSleeps.sleep(seconds)
+    assert slept == [supernode.LOCAL_POLL_S, supernode.POLL_S, 0.001]

@@ -63,11 +63,14 @@ def _share_cpu(context: Context) -> None:
         torch.set_num_threads(int(context.node_config["threads"]))
 
 
-def _model(cfg, classes: list[str], msg: Message):
-    from src.models.registry import build_model
+def _model(cfg, classes: list[str], msg: Message, context: Context):
+    """The run's initial model, which the hospital's own settings name (its fixed front end never
+    travels in a message), with the message's trained arrays; any other array is refused."""
+    from src.models.initial import initial_model_from
+    from src.models.registry import load_trained
 
-    model = build_model(cfg.model, len(classes))
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model = initial_model_from(cfg, len(classes), Path(str(node_settings(context)["initial-model"])))
+    load_trained(model, msg.content["arrays"].to_torch_state_dict())
     return model
 
 
@@ -87,7 +90,7 @@ def warm_up() -> None:
     import torch._dynamo  # noqa: F401 (torch imports it at the first optimizer: 2 s of CPU)
     import src.training.loops  # noqa: F401
     import src.metrics  # noqa: F401
-    import src.models.registry  # noqa: F401
+    import src.models.initial  # noqa: F401
 
 
 @app.train()
@@ -97,7 +100,7 @@ def train_round(msg: Message, context: Context) -> Message:
     from src.training import privacy
     from src.training.loops import local_training_view, resolve_device, train_epochs
     from src.config import from_run_config
-    from src.models.registry import trained_keys
+    from src.models.registry import trained_keys, trained_state
     from src.secagg.records import flatten
 
     _share_cpu(context)
@@ -112,7 +115,7 @@ def train_round(msg: Message, context: Context) -> Message:
                       "a round without secure aggregation (the update would reach the server in the clear)")
     if secure:
         secure_aggregation.check_ready(msg, context)  # before any privacy budget is spent
-    records, model = {}, _model(cfg, data.classes, msg)
+    records, model = {}, _model(cfg, data.classes, msg, context)
     if "evaluate-round" in msg.content["config"]:  # the global model received, before training changes it
         # a ConfigRecord: Flower's FedAvg wants exactly one MetricRecord (the training metrics) per answer
         records["evaluation"] = ConfigRecord(_evaluate(cfg, data, model, context))
@@ -143,7 +146,7 @@ def train_round(msg: Message, context: Context) -> Message:
     if ledger is not None:
         ledger.spend(dp, server_round, steps)
         records["privacy"] = ConfigRecord(ledger.report(dp, secure))
-    trained = ArrayRecord(model.cpu().state_dict())
+    trained = ArrayRecord(trained_state(model.cpu()))
     if secure:  # only the masked sum may tell the server anything about the training data: no metrics
         keys = trained_keys(model)
         update = flatten(trained, keys) - flatten(msg.content["arrays"], keys)
@@ -198,4 +201,4 @@ def evaluate_model(msg: Message, context: Context) -> Message:
     _share_cpu(context)
     data = hospital_data(context)
     cfg = from_run_config(context.run_config)
-    return _reply(msg, data.hospitals[0], _evaluate(cfg, data, _model(cfg, data.classes, msg), context))
+    return _reply(msg, data.hospitals[0], _evaluate(cfg, data, _model(cfg, data.classes, msg, context), context))

@@ -17,7 +17,7 @@ from src.data.check import decode_all, report
 from src.data.federation import Federation, build_federation
 from src.launch.configs import Hospital
 from src.models.features import raw_features
-from src.models.initial import load_initial_model
+from src.models.initial import FILE as INITIAL_MODEL, load_initial_model
 from src.secagg.identity import new_identity_key, write_roster
 
 
@@ -80,7 +80,7 @@ def hospital_nodes(cfg: DictConfig, federation: Federation, run_dir: Path) -> li
         manifest = run_dir / "hospitals" / f"{name}.json"
         federation.only(name).save(manifest)
         config = {"hospital": name, "manifest": str(manifest), "threads": threads, "identity-key": str(keys[name]),
-                  "roster": str(roster), **policy}
+                  "roster": str(roster), "initial-model": str(run_dir / INITIAL_MODEL), **policy}
         (run_dir / "hospitals" / f"{name}.node.json").write_text(json.dumps(config, indent=1))
         hospitals.append(Hospital(name, config))
     return hospitals

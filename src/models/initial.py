@@ -54,7 +54,13 @@ def save_initial_model(cfg, num_classes: int, run_dir: Path) -> Path:
 
 def load_initial_model(cfg, num_classes: int, run_dir: Path) -> torch.nn.Module:
     """The run's initial model; a run started without the launcher (`flwr run .`) builds it here."""
-    path = Path(run_dir) / FILE
+    return initial_model_from(cfg, num_classes, Path(run_dir) / FILE)
+
+
+def initial_model_from(cfg, num_classes: int, path: Path) -> torch.nn.Module:
+    """The initial model saved at `path`, or, where there is none, built as the launcher builds it
+    (its front end from the public reference set alone, so any party can compute it)."""
+    path = Path(path)
     if not path.exists():
         return initial_model(cfg, num_classes)
     model = build_model(cfg.model, num_classes)

@@ -97,13 +97,8 @@ def warm_up() -> None:
 def train_round(msg: Message, context: Context) -> Message:
     """Local epochs (DP-SGD under privacy=dp); the update goes back in the clear (FedAvg, FedProx)
     or masked by secure aggregation (secagg)."""
-    from src.training import privacy
-    from src.training.loops import local_training_view, resolve_device, train_epochs
     from src.config import from_run_config
-    from src.models.registry import trained_keys, trained_state
-    from src.secagg.records import flatten
 
-    _share_cpu(context)
     cfg = from_run_config(context.run_config)
     rules = Policy.of(node_settings(context))
     data = hospital_data(context)
@@ -115,6 +110,13 @@ def train_round(msg: Message, context: Context) -> Message:
                       "a round without secure aggregation (the update would reach the server in the clear)")
     if secure:
         secure_aggregation.check_ready(msg, context)  # before any privacy budget is spent
+    # torch and Opacus only for a round the hospital takes part in (a process that declines never imports them)
+    from src.models.registry import trained_keys, trained_state
+    from src.secagg.records import flatten
+    from src.training import privacy
+    from src.training.loops import local_training_view, resolve_device, train_epochs
+
+    _share_cpu(context)
     records, model = {}, _model(cfg, data.classes, msg, context)
     if "evaluate-round" in msg.content["config"]:  # the global model received, before training changes it
         # a ConfigRecord: Flower's FedAvg wants exactly one MetricRecord (the training metrics) per answer

@@ -6,11 +6,14 @@ per-sample gradients, a second backward pass). `linear` is fedcxr's own, for the
 module Opacus is slowest on relative to its plain step: a lone linear layer under
 cross-entropy, which is what a hospital trains on a fixed front end's features. Its
 per-sample gradients have a closed form (∂ℓ_i/∂logits = softmax_i − onehot_i, times the
-input), so the step needs neither autograd nor hooks; on the CPU Opacus' hooks make that
-step 4× a plain one, the closed form 2× (the optimizer's clipping and noise, which stay
-Opacus' `DPOptimizer`). `auto` picks per module and device, from bench/dp_overhead.py:
-`linear` for a linear head, `ghost` on CUDA (the fastest for ResNet-18, MobileNetV2 and
-DenseNet-121 at 224 px on an H200), `hooks` on the CPU (the fastest for the small CNN).
+input), so the step needs neither autograd nor hooks. On the CPU, for the default head on
+195 images, Opacus' hooks make the bare step (no data loading) 4.4× a plain one and the
+closed form 2.0× (the rest is the clipping and noise of Opacus' `DPOptimizer`, which it
+keeps); through a hospital's loader, 1.5–1.8× and 1.1–1.6× (bench/dp_overhead.py).
+
+`auto` picks per module and device, from bench/dp_overhead.py: `linear` for a linear
+head; `ghost` on CUDA (the fastest Opacus mode for ResNet-18, MobileNetV2 and
+DenseNet-121 at 224 px on an H200); `hooks` on the CPU (the fastest for every CNN here).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ HEADLINE = ("auc", "accuracy", "balanced_accuracy", "mcc")
 def make_cfg(tmp, *overrides: str):
     return compose_config([
         f"data.root={tmp / 'synthetic'}", f"data.cache_dir={tmp / 'cache'}", "data.images_per_hospital=40",
+        f"reference.root={tmp / 'public'}", "reference.images=90",  # not the repository's data/ folder
         "data.image_size=32", "federation.num_hospitals=2", "federation.rounds=1", "federation.local_epochs=1",
         "device=cpu", "baselines=true", *overrides,
     ])

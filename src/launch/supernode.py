@@ -4,11 +4,11 @@ flwr 1.42's SuperNode sleeps a hard-coded 3 s after each pull that finds no mess
 0.5 s between checks for its ClientApp's reply (`flwr.supernode.start_client_internal`;
 no option or environment variable sets either). A round under secure aggregation is
 three exchanges, so on a federation whose hospitals answer in a second these sleeps
-were a large part of every round. This module shortens them: a
-check for the reply reads the SuperNode's own memory, every LOCAL_POLL_S; a pull is one
-small HTTPS request to the SuperLink, every POLL_S, so an idle SuperNode makes four per
-second (polling every 0.05 s made the default run slower on 2 cores, not faster). A message whose content has not fully reached the SuperLink is pulled again after
-0.05 s rather than Flower's 1 s.
+were a large part of every round. This module shortens them: a check for the reply reads
+the SuperNode's own memory, every LOCAL_POLL_S; a pull is one small HTTPS request to the
+SuperLink, every POLL_S, so an idle SuperNode makes four per second (pulling every 0.05 s
+made the default run slower on 2 cores, not faster). A message whose content has not
+fully reached the SuperLink is pulled again after 0.05 s rather than Flower's 1 s.
 
 Where the SuperNode would start `flower-superexec` (which starts a process per message),
 it starts the hospital's warm worker (`src/client/worker.py`) with the same arguments,

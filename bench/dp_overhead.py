@@ -16,8 +16,9 @@ Data: a default hospital's training set (images_per_hospital less the validation
 shares: 195 images) of random 1×64×64 images (or features) and labels, in memory, served as
 the {"image", "label"} dicts `train_epochs` expects, through a torch DataLoader
 (num_workers=0, as `make_loader`'s), or `--steps` batches of it where that is fewer (the
-large CNNs); a timed call runs as many epochs over it as make about `--steps` steps. (A dataset of steps × batch images, one epoch, would make Poisson
-sampling draw over all of them at every step, a cost no hospital pays.) Not the synthetic DICOM hospitals through
+large CNNs); a timed call runs as many epochs over it as make about `--steps` steps. (A
+dataset of steps × batch images, one epoch, would make Poisson sampling draw over all of
+them at every step, a cost no hospital pays.) Not the synthetic DICOM hospitals through
 `make_loader`: decoding, the MONAI cache and augmentation cost the same with and without
 DP, so they would only dilute the ratio and add noise to it. The ratios here are the DP
 step's own cost, an upper bound on what a whole round slows down by.
@@ -26,20 +27,20 @@ Timing: one thread (`torch.set_num_threads`; a hospital of the default run on a
 2-core machine gets cpu_count // 3 hospitals = 1), a one-epoch warm-up call of
 `train_epochs`, then `--repeats` timed calls of about `--steps` steps each; the best
 repeat's seconds per step is reported (the least disturbed by other work on the
-machine), every repeat is in the JSON. Each call includes `make_private` (once per round
-at a hospital; amortised over the steps). A DP mode's process also times the plain step
-(a copy of the model) before each of its repeats, and its ratio is to that plain step:
-timed in different processes, a millisecond step varied by ±20% here, more than the
-difference being measured.
-Poisson sampling draws a batch of *expected* size 16 (the whole training set for
+machine), every repeat is in the JSON. Each call includes the DP setup (`make_private`, or
+`linear`'s `DPOptimizer`: once per round at a hospital; amortised over the steps). A DP
+mode's process also times the plain step (a copy of the model, warmed up too) before each
+of its repeats, and its ratio is to that plain step: timed in different processes, a
+millisecond step varied by ±20% here, more than the difference being measured. Poisson
+sampling draws a batch of *expected* size 16 (the whole training set for
 `scatter_linear`, at sample rate 1) from `train_epochs`' secret generator, so batches
 differ between repeats and modes; the table and JSON give the mean batch actually drawn.
 
-Memory: each (model, mode) runs in a fresh subprocess (a DP mode's peak is above its
-plain copy's, so it is the DP step's). On the CPU, the peak resident
-set (VmHWM, reset through /proc/self/clear_refs after imports, model and data are
-built; else ru_maxrss) minus the resident set at that point: activations, per-sample
-gradients, optimizer state and whatever the allocator keeps. On CUDA,
+Memory: each (model, mode) runs in a fresh subprocess (the plain copy exists before the
+baseline is taken, and its training peaks below DP's, so the peak is the DP step's). On
+the CPU, the peak resident set (VmHWM, reset through /proc/self/clear_refs after imports,
+model and data are built; else ru_maxrss) minus the resident set at that point:
+activations, per-sample gradients, optimizer state and whatever the allocator keeps. On CUDA,
 torch.cuda.max_memory_allocated minus the memory allocated once the model is on the GPU.
 
 A mode that fails for a model is recorded with its error, not fatal. Writes
@@ -139,6 +140,7 @@ def worker(model_name: str, mode: str, steps: int, repeats: int, threads: int, d
     epochs = max(1, round(steps / len(loader)))
 
     dp = None if mode == "none" else plan(cfg.privacy, cfg.federation, num_train)
+    plain = copy.deepcopy(model) if dp is not None else None  # before the memory baseline: not counted as DP's
     lr, optimizer, momentum = float(cfg.federation.lr), str(cfg.federation.optimizer), float(cfg.federation.momentum)
 
     cuda = device.type == "cuda"
@@ -169,8 +171,9 @@ def worker(model_name: str, mode: str, steps: int, repeats: int, threads: int, d
                     torch.cuda.synchronize(device)
                 return (time.perf_counter() - start) / taken, data.drawn / taken
 
-            plain = copy.deepcopy(model) if dp is not None else None
             timed(model, dp, 1)
+            if plain is not None:
+                timed(plain, None, 1)
             seconds, batches, plain_seconds = [], [], []
             for r in range(repeats):
                 if plain is not None:  # the plain step, timed between the DP ones in this process

@@ -3,9 +3,10 @@
 A model with a fixed front end (`scatter_linear`) trains and evaluates only its head,
 and the front end's output for an image never changes. A ClientApp may run in a new
 process at any message (Flower's per-message processes, a restarted worker, Ray), so
-without an on-disk cache every round could decode the images again (importing MONAI alone costs ~6 s of CPU) and run the scattering transform again
-(~30 ms per 64 px image). The cache holds the raw features (before the reference
-standardisation, which travels with the global model) in one file per image set,
+without an on-disk cache every round could decode the images again (importing MONAI
+alone costs ~6 s of CPU) and run the scattering transform again (~30 ms per 64 px
+image). The cache holds the raw features (before the reference standardisation, which
+the run's initial model carries) in one file per image set,
 named by a hash of the front end's settings and of every image's path, size and
 modification time: a changed image or setting makes a new file. A hospital's cache
 lies beside its manifest (its own disk); the server's, for the pooled test set, in the

@@ -9,7 +9,7 @@ per-sample gradients have a closed form (∂ℓ_i/∂logits = softmax_i − oneh
 input), so the step needs neither autograd nor hooks. On the CPU, for the default head on
 195 images, Opacus' hooks make the bare step (no data loading) 4.4× a plain one and the
 closed form 2.0× (the rest is the clipping and noise of Opacus' `DPOptimizer`, which it
-keeps); through a hospital's loader, 1.5–1.8× and 1.1–1.6× (bench/dp_overhead.py).
+keeps); through a hospital's loader, 1.5–1.8× and 1.1–1.5× (bench/dp_overhead.py).
 
 `auto` picks per module and device, from bench/dp_overhead.py: `linear` for a linear
 head; `ghost` on CUDA (the fastest Opacus mode for ResNet-18, MobileNetV2 and

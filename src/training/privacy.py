@@ -2,9 +2,10 @@
 
 Opacus' accountant knows only the steps of its own PrivacyEngine, and each round builds
 a new one, in a process that may be new (a restarted worker, Flower's per-message
-processes, `resume=`'s fresh SuperNodes), so it would report that round's ε alone. The accountant's history — one
-(σ, q, steps) entry per round trained — is kept in the hospital's ledger file next to
-its manifest, and every ε is computed by Opacus' RDP accountant over all of it.
+processes, `resume=`'s fresh SuperNodes), so it would report that round's ε alone. The
+accountant's history — one (σ, q, steps) entry per round trained — is kept in the
+hospital's ledger file next to its manifest, and every ε is computed by Opacus' RDP
+accountant over all of it.
 
 With `privacy.target_epsilon`, σ is chosen once, for the whole planned run
 (rounds × local epochs × steps per epoch at the hospital's sample rate), and written

@@ -76,9 +76,11 @@ def _check_opacus_can_train(cfg: DictConfig) -> None:
     `privacy.grad_sample_mode` that cannot train it, is refused."""
     from opacus.validators import ModuleValidator
 
+    from src.models.grouped_conv import register_opacus_sampler
     from src.models.registry import build_model
     from src.training.grad_sample import choose
 
+    register_opacus_sampler()
     model = build_model(cfg.model, 2)
     errors = ModuleValidator.validate(model, strict=False)
     if errors:

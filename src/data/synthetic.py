@@ -44,6 +44,7 @@ logging.getLogger("openjpeg").setLevel(logging.WARNING)  # it logs every encoded
 CLASSES = ("normal", "bacterial", "viral")
 VERSION = 1  # bump whenever the images change, so stale sets get regenerated
 CHUNK = 50   # images per task of the generating processes
+IMAGES_PER_PROCESS = 200  # ~8 s of rendering each: a spawned process costs ~1.5 s of CPU to start
 SIGN = 0.95  # overall strength of the pneumonia signs, calibrated by the difficulty bench
 
 
@@ -377,16 +378,20 @@ def generate(out: Path, hospitals: int, images_per_hospital: int, seed: int) -> 
     record.write_text(json.dumps(params | {"complete": False}) + "\n")  # ours, even if interrupted
     for old in out.glob("hospital_*"):
         shutil.rmtree(old)
-    # chunks of images over processes, up to the cores (spawned, not forked: the caller may hold threads,
-    # e.g. torch's); a chunk's images do not depend on the chunking
+    # chunks of images over processes, up to the cores and IMAGES_PER_PROCESS each (spawned, not forked:
+    # the caller may hold threads, e.g. torch's); a chunk's images do not depend on the chunking
     chunks = [(h, first, min(first + CHUNK, images_per_hospital)) for h in range(1, hospitals + 1)
               for first in range(0, images_per_hospital, CHUNK)]
-    with (ProcessPoolExecutor(max_workers=max(1, min(len(chunks), os.cpu_count() or 1)),
-                              mp_context=multiprocessing.get_context("spawn")) as pool,
-          progress_bar("generating synthetic hospitals", hospitals * images_per_hospital) as advance):
-        for done in as_completed([pool.submit(_write_images, out, h, images_per_hospital, seed, first, stop)
-                                  for h, first, stop in chunks]):
-            advance(done.result())
+    processes = min(os.cpu_count() or 1, hospitals * images_per_hospital // IMAGES_PER_PROCESS)
+    with progress_bar("generating synthetic hospitals", hospitals * images_per_hospital) as advance:
+        if processes <= 1:  # a small set: rendering it here costs less than starting processes
+            for h, first, stop in chunks:
+                advance(_write_images(out, h, images_per_hospital, seed, first, stop))
+        else:
+            with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for done in as_completed([pool.submit(_write_images, out, h, images_per_hospital, seed, first, stop)
+                                          for h, first, stop in chunks]):
+                    advance(done.result())
     sites = {f"hospital_{h}": hospital_site(h, seed).describe() for h in range(1, hospitals + 1)}
     params |= {"classes": list(CLASSES), "sites": sites, "complete": True}
     record.write_text(json.dumps(params, indent=2) + "\n")

@@ -20,8 +20,8 @@ gradients equal to 6·10⁻⁶.
 
 from __future__ import annotations
 
-from opacus.grad_sample import register_grad_sampler
-from opacus.grad_sample.conv import compute_conv_grad_sample, convolution2d_backward_as_a_convolution
+from functools import cache
+
 from torch import Tensor, nn
 
 
@@ -29,11 +29,19 @@ class GroupedConv2d(nn.Conv2d):
     """An `nn.Conv2d` with groups > 1 and numeric zero padding, tagged for the fast per-sample-gradient path."""
 
 
-@register_grad_sampler(GroupedConv2d)
-def _grouped_conv_grad_sample(layer: GroupedConv2d, activations: list[Tensor], backprops: Tensor) -> dict:
-    if activations[0].shape[0] == 0:  # Poisson sampling drew an empty batch: Opacus' zeros
-        return compute_conv_grad_sample(layer, activations, backprops)
-    return convolution2d_backward_as_a_convolution(layer, activations, backprops)
+@cache
+def register_opacus_sampler() -> None:
+    """Give `GroupedConv2d` its sampler in Opacus' registry; called where DP training or its check starts,
+    not on import: Opacus takes ~2 s of CPU to import, which a process that only builds or evaluates a
+    model (the ServerApp) need not pay. Without it, Opacus would give the layer its functorch fallback."""
+    from opacus.grad_sample import register_grad_sampler
+    from opacus.grad_sample.conv import compute_conv_grad_sample, convolution2d_backward_as_a_convolution
+
+    @register_grad_sampler(GroupedConv2d)
+    def _grouped_conv_grad_sample(layer: GroupedConv2d, activations: list[Tensor], backprops: Tensor) -> dict:
+        if activations[0].shape[0] == 0:  # Poisson sampling drew an empty batch: Opacus' zeros
+            return compute_conv_grad_sample(layer, activations, backprops)
+        return convolution2d_backward_as_a_convolution(layer, activations, backprops)
 
 
 def use_grouped_conv(model: nn.Module) -> nn.Module:

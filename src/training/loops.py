@@ -2,23 +2,25 @@
 
 MONAI is imported only where images are read (`make_loader`): a model whose fixed
 front end's features are cached (src/models/features.py) trains and evaluates without it.
+Opacus only where DP trains: the ServerApp, which predicts, never pays its ~2 s import.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
-from opacus.data_loader import DPDataLoader
-from opacus.optimizers import DPOptimizer
 
 from src.data.layouts import Sample
+from src.models.grouped_conv import register_opacus_sampler
 from src.models.features import raw_features
 from src.training.grad_sample import choose, linear_cross_entropy
-from src.training.privacy import Plan
+
+if TYPE_CHECKING:
+    from src.training.privacy import Plan
 
 
 def resolve_device(name: str) -> torch.device:
@@ -128,6 +130,11 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
     criterion = torch.nn.CrossEntropyLoss()
     net, mode = model, None
     if dp is not None:
+        from opacus import PrivacyEngine
+        from opacus.data_loader import DPDataLoader
+        from opacus.optimizers import DPOptimizer
+
+        register_opacus_sampler()
         mode = choose(grad_sample_mode, model, device)
         # Opacus would take the Poisson sampler's generator from the (seeded) loader: give it a secret one
         poisson = DPDataLoader.from_data_loader(loader, generator=secret_generator("cpu"))

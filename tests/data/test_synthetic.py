@@ -11,6 +11,7 @@ import pytest
 from pydicom.uid import JPEG2000Lossless, UID
 
 from src.data.images import load_image
+from src.data import synthetic
 from src.data.synthetic import CLASSES, ensure_synthetic, generate, hospital_site, render
 
 HOSPITALS, PER_HOSPITAL = 3, 12
@@ -69,8 +70,11 @@ def test_decoded_images_show_bone_bright_whatever_the_photometric(files, headers
         assert centre > lungs.mean() + 0.05, f"{headers[f].PhotometricInterpretation} {f.name}"
 
 
-def test_same_seed_same_pixels_other_seed_other_pixels(root, tmp_path):
+def test_same_seed_same_pixels_other_seed_other_pixels(root, tmp_path, monkeypatch):
+    """`root` was rendered in this process (a small set); "again" over spawned processes."""
+    monkeypatch.setattr(synthetic, "IMAGES_PER_PROCESS", 1)
     generate(tmp_path / "again", HOSPITALS, PER_HOSPITAL, seed=0)
+    monkeypatch.undo()
     generate(tmp_path / "other", HOSPITALS, PER_HOSPITAL, seed=1)
     first, again, other = pixels(root), pixels(tmp_path / "again"), pixels(tmp_path / "other")
     assert first.keys() == again.keys()

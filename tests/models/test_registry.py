@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from src.config import compose_config
 from src.models import MODELS, build_model
-from src.models.grouped_conv import GroupedConv2d, use_grouped_conv
+from src.models.grouped_conv import GroupedConv2d, register_opacus_sampler, use_grouped_conv
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 SIZE = 64
@@ -64,6 +64,7 @@ def test_grayscale_in_logits_out_and_opacus_valid(name):
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # the input needs no grad: expected
 def test_one_dp_sgd_step_under_opacus_hooks(name):
+    register_opacus_sampler()  # as DP training does
     torch.manual_seed(0)
     model = build_model(model_cfg(name), num_classes=3)
     data = TensorDataset(torch.rand(8, 1, SIZE, SIZE), torch.randint(0, 3, (8,)))
@@ -99,6 +100,8 @@ def test_one_dp_sgd_step_under_opacus_hooks(name):
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 def test_grouped_conv_per_sample_gradients_equal_opacus_default(out_channels, groups, stride, dilation, bias):
     """DP's guarantee rests on the per-sample gradients: the fast path must give Opacus' own."""
+    register_opacus_sampler()  # as DP training does
+    assert GradSampleModule.GRAD_SAMPLERS[GroupedConv2d].__name__ == "_grouped_conv_grad_sample"
     torch.manual_seed(0)
     conv = nn.Conv2d(8, out_channels, 3, stride=stride, padding=1, dilation=dilation, groups=groups, bias=bias)
     fast = use_grouped_conv(copy.deepcopy(conv))

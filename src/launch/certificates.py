@@ -4,8 +4,8 @@
 - A SuperLink server certificate signed by it, for ``localhost``, ``127.0.0.1`` and
   ``::1`` (TLS for the Fleet, Control and Runtime APIs).
 - One key pair per SuperNode for SuperNode authentication: EC P-384 in OpenSSH form,
-  the public half registered with ``flwr supernode register``, the private half given
-  to ``flower-supernode --auth-supernode-private-key``.
+  the public half registered with the SuperLink (``flwr supernode register``'s request),
+  the private half given to ``flower-supernode --auth-supernode-private-key``.
 
 Private keys are written unencrypted with mode 0600.
 """

@@ -4,8 +4,8 @@
 
 - ``mode="deployment"``: a ``flower-superlink`` and one ``flower-supernode`` per
   hospital, real OS processes on loopback, TLS on (a throw-away CA), SuperNode
-  authentication on (each SuperNode's EC key registered with
-  ``flwr supernode register``), runtime dependency installation off. Each SuperNode
+  authentication on (each SuperNode's EC key registered through the Control API, the
+  request ``flwr supernode register`` sends), runtime dependency installation off. Each SuperNode
   gets its hospital's ``node_config`` plus ``partition-id`` (its index in
   ``hospitals``) and ``num-partitions``.
 - ``mode="simulation"``: Flower's simulation engine (``flower-superlink --simulation``)
@@ -16,7 +16,8 @@
 
 In both modes the run is submitted with ``flwr run <app_dir> --run-config <toml>``, its
 log (``flwr log --stream``) goes line by line to ``on_log_line`` as it arrives and to
-``Outcome.log_path``, and its end is read from ``flwr ls``; a ServerApp that dies
+``Outcome.log_path``, and its end is read from the run's status (``flwr ls``'s request,
+sent from this process); a ServerApp that dies
 ("Exit Code: ..." in its log) is reported as failed within seconds. Every process is
 torn down whatever happens: completion, failure, exception, Ctrl-C, SIGTERM.
 
@@ -159,7 +160,7 @@ def run_federation(app_dir: Path, work_dir: Path, hospitals: list[Hospital],
     with _sigterm_raises():
         try:
             if mode == "deployment":
-                start_deployment(sup, cli, bin_dir, fed, hospitals, startup_timeout_s,
+                start_deployment(sup, bin_dir, fed, hospitals, startup_timeout_s,
                                  timings, installed_client_app(app_dir))
             else:
                 start_simulation(sup, bin_dir, fed, startup_timeout_s, timings)

@@ -1,8 +1,9 @@
 """The ``flwr`` command-line client, as the launcher calls it.
 
-Starting the federation (``flwr supernode register``), submitting the run
-(``flwr run``) and following it (``flwr log``, ``flwr ls``, ``flwr stop``) all go
-through one wrapper, so that every CLI process is one the teardown knows about.
+Submitting the run (``flwr run``), streaming its log (``flwr log``) and stopping it
+(``flwr stop``) go through one wrapper, so that every CLI process is one the teardown
+knows about. The one-request questions (a run's status, registering a SuperNode) are
+sent from the launcher's process instead (src/launch/control.py).
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 ``flwr log --stream`` gives the log but not reliably the end: a stream can stop
 before the run does, and a ServerApp that dies leaves the run "running" for a
-while. So the end is read from ``flwr ls`` (every 2 s once the stream has stopped or
-the log has shown an "Exit Code", every ``LS_POLL_S`` otherwise), and a ServerApp that
-died is reported as failed after ``CRASH_GRACE_S`` even if ``flwr ls`` has not caught up.
+while. So the end is read from the run's status (the Control API request of `flwr ls`,
+sent from this process: src/launch/control.py) every ``STATUS_POLL_S``, at once when
+the stream has stopped or the log has shown an "Exit Code", and a ServerApp that died
+is reported as failed after ``CRASH_GRACE_S`` even if its status has not caught up.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from src.launch.flwr_cli import CONNECTION, FlwrCli, parse_json_output
+from src.launch.control import control_client, run_status
+from src.launch.flwr_cli import CONNECTION, FlwrCli
 from src.launch.processes import ProcessSupervisor
 from src.launch.startup import supernode_name
 
 log = logging.getLogger(__name__)
 
-LS_POLL_S = 30.0                   # `flwr ls` fallback cadence: each call is a process, ~1.4 s of CPU
-CRASH_GRACE_S = 5.0                # after "Exit Code", wait this long for `flwr ls`
+STATUS_POLL_S = 1.0                # the run's status, asked every second (one loopback request)
+URGENT_POLL_S = 0.2                # ... and this often once the stream has stopped or the ServerApp died
+CRASH_GRACE_S = 5.0                # after "Exit Code", wait this long for the status to say so
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -86,14 +89,13 @@ def follow_run(sup: ProcessSupervisor, cli: FlwrCli, run_id: int, log_path: Path
     kills = {name: start + secs for name, secs in kill_after.items()}
     stream = _LogStream(cli, run_id)
     stream.start()
-    ls_proc: subprocess.Popen | None = None
-    last_ls = start
+    last_status = start
     crash_at: float | None = None
     crash_lines: list[str] = []
     status, details = "", ""
     last_snapshot = 0.0
 
-    with open(log_path, "a", encoding="utf-8") as out:
+    with open(log_path, "a", encoding="utf-8") as out, control_client(sup.env or {}) as control:
         def deliver(block: float) -> None:
             nonlocal crash_at
             try:
@@ -127,24 +129,18 @@ def follow_run(sup: ProcessSupervisor, cli: FlwrCli, run_id: int, log_path: Path
             if (rc := sup.returncode("superlink")) is not None:
                 return "superlink-exited", (f"flower-superlink exited with code {rc}; its log "
                                             f"ends:\n{sup.tail('superlink')}")
-            # `flwr ls`, asynchronously (a call takes ~2 s): right after the log stream
-            # ended or the ServerApp crashed (then every 2 s), else every LS_POLL_S
-            if ls_proc is not None and ls_proc.poll() is not None:
-                ls_out = ls_proc.stdout.read() if ls_proc.stdout else ""
-                run = (parse_json_output(ls_out).get("runs") or [{}])[0]
-                ls_proc = None
-                if str(run.get("status", "")).startswith("finished"):
-                    status = str(run["status"])
-                    details = str(run.get("status-details", ""))
-                    details = "" if details == "N/A" else details
+            urgent = (stream.ended.is_set() and stream.restarts < 20) or crash_at is not None
+            if now >= last_status + (URGENT_POLL_S if urgent else STATUS_POLL_S):
+                last_status = now
+                try:
+                    status, details = run_status(control, run_id)
+                except Exception as e:  # the SuperLink busy or going: ask again next time
+                    log.debug("status of run %d: %s", run_id, e)
+                    status = ""
+                if status.startswith("finished"):
                     break
                 if stream.ended.is_set() and stream.restarts < 20:
                     stream.restart()  # the stream ended early: carry on where it was
-            urgent = (stream.ended.is_set() and stream.restarts < 20) or crash_at is not None
-            if ls_proc is None and now >= last_ls + (2.0 if urgent else LS_POLL_S):
-                ls_proc = cli.start("ls", CONNECTION, "--run-id", str(run_id),
-                                    "--format", "json")
-                last_ls = now
             if crash_at is not None and now - crash_at > CRASH_GRACE_S:
                 status = "finished:failed"
                 details = "ServerApp exited: " + " | ".join(crash_lines)
@@ -156,6 +152,4 @@ def follow_run(sup: ProcessSupervisor, cli: FlwrCli, run_id: int, log_path: Path
         # the stream ends by itself once the run has finished: let it flush its tail
         stream.ended.wait(timeout=3.0)
         deliver(0.0)
-        if ls_proc is not None and ls_proc.poll() is None:
-            ls_proc.kill()
     return status, details

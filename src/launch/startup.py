@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import ssl
-import subprocess
 import sys
 import time
 import urllib.request
@@ -25,7 +24,8 @@ import tomli_w
 
 from src.launch.certificates import NodeKeyFiles, write_node_keys, write_tls_files
 from src.launch.configs import Hospital, client_app_module, node_config_arg
-from src.launch.flwr_cli import CONNECTION, FlwrCli, parse_json_output
+from src.launch.control import control_client, register_node
+from src.launch.flwr_cli import CONNECTION
 from src.launch.processes import ProcessSupervisor, free_port
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def installed_client_app(app_dir: Path) -> list[str]:
         return []
 
 
-def start_deployment(sup: ProcessSupervisor, cli: FlwrCli, bin_dir: Path, fed: Path,
+def start_deployment(sup: ProcessSupervisor, bin_dir: Path, fed: Path,
                      hospitals: list[Hospital], timeout: float,
                      timings: dict[str, float], preload: list[str] = ()) -> None:
     """SuperLink with TLS and SuperNode authentication, the hospitals' keys registered,
@@ -172,21 +172,17 @@ def start_deployment(sup: ProcessSupervisor, cli: FlwrCli, bin_dir: Path, fed: P
     log.info("SuperLink up on 127.0.0.1:%d (TLS, SuperNode auth) in %.1fs", port,
              timings["superlink_ready"])
 
-    # register the hospitals' public keys, all at once
+    # register the hospitals' public keys (the Control API request `flwr supernode register` sends)
     t1 = time.monotonic()
     keys: dict[str, NodeKeyFiles] = {h.name: write_node_keys(fed / "certs", h.name)
                                      for h in hospitals}
-    pending = {h.name: cli.start("supernode", "register", str(keys[h.name].public_key),
-                                 CONNECTION, "--name", h.name, "--format", "json")
-               for h in hospitals if h.register}
-    for name, proc in pending.items():
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"`flwr supernode register` for {name} took over "
-                               f"{timeout:.0f}s") from None
-        if not parse_json_output(out).get("success"):
-            raise RuntimeError(f"could not register SuperNode {name}:\n{out[-3000:]}")
+    with control_client(sup.env or {}) as control:
+        for h in hospitals:
+            if h.register:
+                try:
+                    register_node(control, keys[h.name].public_key, h.name)
+                except Exception as e:  # httpx or Flower errors: any of them means not registered
+                    raise RuntimeError(f"could not register SuperNode {h.name}: {e}") from e
     timings["register"] = time.monotonic() - t1
 
     t2 = time.monotonic()

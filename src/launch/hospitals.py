@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig
 from rich.console import Console
 
 from src.data.check import decode_all, report
+from src.data.dataset import cache_dir
 from src.data.federation import Federation, build_federation
 from src.launch.configs import Hospital
-from src.models.features import raw_features
+from src.models.features import features_file, raw_features
 from src.models.initial import FILE as INITIAL_MODEL, load_initial_model
 from src.secagg.identity import new_identity_key, write_roster
 
@@ -92,13 +94,17 @@ def cache_front_end_features(cfg: DictConfig, federation: Federation, run_dir: P
 
     The launcher already decodes every hospital's images on this machine (each hospital's own preparation,
     as `fedcxr-check`); computing their fixed features here too spares every process of the federation
-    importing MONAI (~6 s of CPU) and decoding again. A hospital on a machine of its own computes them on
+    importing MONAI (~6 s of CPU) and decoding again. They are computed once into the data cache, beside
+    the decoded images, and copied into each run. A hospital on a machine of its own computes them on
     its first message instead (the same cache, src/models/features.py)."""
     front_end = getattr(load_initial_model(cfg, len(federation.classes), run_dir), "front_end", None)
     if front_end is None:
         return
-    for name in federation.hospitals:
-        own = federation.only(name)
-        for split in ("train", "test"):
-            raw_features(front_end, own.select(split=split), cfg.data, run_dir / "hospitals" / "features")
-    raw_features(front_end, federation.select(split="test"), cfg.data, run_dir / "features")
+    computed = cache_dir(cfg.data) / "front-end-features"
+    sets = [(federation.only(name).select(split=split), run_dir / "hospitals" / "features")
+            for name in federation.hospitals for split in ("train", "test")]
+    for samples, where in [*sets, (federation.select(split="test"), run_dir / "features")]:
+        raw_features(front_end, samples, cfg.data, computed)
+        source = features_file(front_end, samples, cfg.data, computed)
+        where.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, where / source.name)

@@ -10,7 +10,9 @@ the run's initial model carries) in one file per image set,
 named by a hash of the front end's settings and of every image's path, size and
 modification time: a changed image or setting makes a new file. A hospital's cache
 lies beside its manifest (its own disk); the server's, for the pooled test set, in the
-run directory; the public reference set's, in the data cache.
+run directory; the public reference set's, in the data cache. The launcher, which decodes
+every hospital's images on one machine, keeps its copies in the data cache too, so a
+later run over the same images computes nothing.
 """
 
 from __future__ import annotations
@@ -34,12 +36,17 @@ def _key(front_end, samples: list[Sample], image_size: int) -> str:
     return digest.hexdigest()[:20]
 
 
+def features_file(front_end, samples: list[Sample], data_cfg, cache_dir: Path) -> Path:
+    """Where `raw_features` keeps these features in `cache_dir`."""
+    return Path(cache_dir) / f"features-{_key(front_end, samples, int(data_cfg.image_size))}.pt"
+
+
 @torch.no_grad()
 def raw_features(front_end, samples: list[Sample], data_cfg, cache_dir: Path | None, device="cpu"):
     """(raw features (n, d), labels (n,)) of `samples`, decoded as for evaluation (no augmentation)."""
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"features-{_key(front_end, samples, int(data_cfg.image_size))}.pt"
+        path = features_file(front_end, samples, data_cfg, cache_dir)
         if path.exists():
             saved = torch.load(path, weights_only=True)
             return saved["features"], saved["labels"]

@@ -11,8 +11,9 @@ import pydicom
 import pytest
 from PIL import Image
 
+from src.data import dataset as dataset_module
 from src.data.check import decode_all, main as check_main
-from src.data.dataset import prepare
+from src.data.dataset import cache_dir, prepare
 from src.data.federation import Federation, build_federation
 from tests.data.conftest import chest_like, write_png
 from tests.data.dicom_factory import write_dicom
@@ -68,6 +69,27 @@ def test_bad_files_are_skipped_counted_and_named_without_patient_identifiers(tmp
         assert sum(name in w for w in warnings) == 1, name
     logged = caplog.text + (tmp_path / "cache").as_posix()
     assert not any(text in logged for text in IDENTIFIER_TEXT)
+
+
+def test_a_second_preparation_decodes_only_new_or_changed_files(tmp_path, config, monkeypatch):
+    """What decoding found is recorded: the next launch skips and counts the same files without decoding
+    (and without importing MONAI); a file modified since is decoded again."""
+    root = tmp_path / "archive"
+    archive_with_every_kind_of_bad_file(root)
+    cfg = config("folder", root, "data.classes=[normal,viral]")
+    first = decode_all(build_federation(cfg.data, 2, cfg.seed), cfg.data)
+    assert not any(t in (cache_dir(cfg.data) / "decoded.json").read_text() for t in IDENTIFIER_TEXT)
+
+    decoded = []
+    real = dataset_module.make_dataset
+    monkeypatch.setattr(dataset_module, "make_dataset", lambda samples, *a, **k: decoded.extend(samples) or real(samples, *a, **k))
+    again = decode_all(build_federation(cfg.data, 2, cfg.seed), cfg.data)
+    assert decoded == [] and again.samples == first.samples and again.skips.counts == first.skips.counts
+
+    dicom(root / "north" / "normal" / "lateral.dcm", seed=1)  # rewritten, now a frontal view
+    changed = decode_all(build_federation(cfg.data, 2, cfg.seed), cfg.data)
+    assert [Path(s.path).name for s in decoded] == ["lateral.dcm"]
+    assert len(changed.samples) == len(first.samples) + 1 and "lateral view" not in changed.skips.counts["north"]
 
 
 def test_split_file_round_trip_reproduces_the_federation(tmp_path, config):

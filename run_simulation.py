@@ -142,7 +142,7 @@ def main(cfg: DictConfig) -> None:
     console.print(f"{mode}: {len(hospitals)} hospitals, {cfg.federation.rounds} rounds, run dir {run_dir}")
     outcome = run_federation(
         PROJECT_DIR, run_dir, hospitals, to_run_config(cfg, run_dir), mode=mode,
-        timeout_s=run_timeout(cfg),
+        timeout_s=run_timeout(cfg), simulation_cpus=int(cfg.federation.simulation_cpus),
         on_log_line=lambda line: console.print(line[len(ANNOUNCE):], highlight=False, markup=False,
                                                soft_wrap=True) if line.startswith(ANNOUNCE) else None,
     )

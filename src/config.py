@@ -40,6 +40,7 @@ def validate(cfg: DictConfig) -> None:
         (fed.mode in ("deployment", "simulation"), "federation.mode", "'deployment' or 'simulation'", fed.mode),
         (int(fed.rounds) >= 1, "federation.rounds", "at least 1", fed.rounds),
         (int(fed.num_hospitals) >= 1, "federation.num_hospitals", "at least 1", fed.num_hospitals),
+        (int(fed.simulation_cpus) >= 1, "federation.simulation_cpus", "at least 1", fed.simulation_cpus),
         (1 <= int(fed.min_hospitals) <= int(fed.num_hospitals), "federation.min_hospitals",
          f"between 1 and federation.num_hospitals={fed.num_hospitals}", fed.min_hospitals),
         (0 < float(fed.fraction) <= 1, "federation.fraction", "in (0, 1]", fed.fraction),

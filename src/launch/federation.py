@@ -9,7 +9,7 @@
   gets its hospital's ``node_config`` plus ``partition-id`` (its index in
   ``hospitals``) and ``num-partitions``.
 - ``mode="simulation"``: Flower's simulation engine (``flower-superlink --simulation``)
-  with ``num-supernodes=len(hospitals)``, one CPU per virtual node. A virtual node's
+  with ``num-supernodes=len(hospitals)``, ``simulation_cpus`` CPUs per Ray actor. A virtual node's
   node config only holds ``partition-id`` and ``num-partitions``: **the i-th hospital
   is partition-id i**, and the ServerApp/ClientApp must read whatever else they need
   about hospitals from the run config.
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -113,7 +114,7 @@ def run_federation(app_dir: Path, work_dir: Path, hospitals: list[Hospital],
                    run_config: dict, mode: str = "deployment", timeout_s: float = 600,
                    on_log_line: Callable[[str], object] = print,
                    kill_after: dict[str, float] | None = None,
-                   startup_timeout_s: float = 120.0) -> Outcome:
+                   startup_timeout_s: float = 120.0, simulation_cpus: int = 2) -> Outcome:
     """Launch a federation of ``hospitals`` running the Flower app in ``app_dir`` (a
     folder with a ``pyproject.toml`` holding ``[tool.flwr.app]``), run it with
     ``run_config`` and tear everything down. See the module docstring for the modes.
@@ -127,6 +128,8 @@ def run_federation(app_dir: Path, work_dir: Path, hospitals: list[Hospital],
     timeout_s: for the run itself (the run is stopped and ``status="timeout"``);
     startup_timeout_s: for the SuperLink and each SuperNode to come up (RuntimeError
     with the tail of the process's log).
+    simulation_cpus: CPUs per Ray actor in simulation (capped at this machine's cores, or
+    Ray would place no actor); each actor serves the virtual nodes in turn.
     """
     if mode not in ("deployment", "simulation"):
         raise ValueError(f"mode {mode!r}: expected 'deployment' or 'simulation'")
@@ -172,8 +175,9 @@ def run_federation(app_dir: Path, work_dir: Path, hospitals: list[Hospital],
                 rc_file.write_text(tomli_w.dumps(run_config))
                 args += ["--run-config", str(rc_file)]
             if mode == "simulation":
+                cpus = min(simulation_cpus, os.cpu_count() or 1)
                 args += ["--federation-config",
-                         f"num-supernodes={len(hospitals)} client-resources-num-cpus=1"]
+                         f"num-supernodes={len(hospitals)} client-resources-num-cpus={cpus}"]
             _, out = cli.run(*args, timeout=startup_timeout_s)
             res = parse_json_output(out)  # NB: `flwr run` exits 0 even when it failed
             timings["submit"] = time.monotonic() - t0

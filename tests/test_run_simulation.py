@@ -66,7 +66,9 @@ def test_an_unknown_key_is_refused_by_hydra(tmp_path):
 
 SMALL = ("federation.num_hospitals=2", "federation.rounds=2", "federation.local_epochs=1",
          "data.images_per_hospital=40", "data.image_size=32", "reference.images=150", "logger=none",
-         "baselines=false")
+         "baselines=false",
+         # in simulation one Ray actor (importing torch once) rather than one per core: these rounds are short
+         "federation.simulation_cpus=2")
 
 
 THREE = ("federation.num_hospitals=3", "federation.min_hospitals=2")

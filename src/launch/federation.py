@@ -114,7 +114,7 @@ def run_federation(app_dir: Path, work_dir: Path, hospitals: list[Hospital],
                    run_config: dict, mode: str = "deployment", timeout_s: float = 600,
                    on_log_line: Callable[[str], object] = print,
                    kill_after: dict[str, float] | None = None,
-                   startup_timeout_s: float = 120.0, simulation_cpus: int = 2) -> Outcome:
+                   startup_timeout_s: float = 120.0, simulation_cpus: int = 1) -> Outcome:
     """Launch a federation of ``hospitals`` running the Flower app in ``app_dir`` (a
     folder with a ``pyproject.toml`` holding ``[tool.flwr.app]``), run it with
     ``run_config`` and tear everything down. See the module docstring for the modes.
@@ -129,7 +129,8 @@ def run_federation(app_dir: Path, work_dir: Path, hospitals: list[Hospital],
     startup_timeout_s: for the SuperLink and each SuperNode to come up (RuntimeError
     with the tail of the process's log).
     simulation_cpus: CPUs per Ray actor in simulation (capped at this machine's cores, or
-    Ray would place no actor); each actor serves the virtual nodes in turn.
+    Ray would place no actor); each actor serves virtual nodes in turn, so one CPU each
+    serves the most hospitals at once, more CPUs each start fewer actors.
     """
     if mode not in ("deployment", "simulation"):
         raise ValueError(f"mode {mode!r}: expected 'deployment' or 'simulation'")

@@ -25,7 +25,8 @@ from flwr.supercore.control import ControlHttpClient
 
 from src.launch.flwr_cli import CONNECTION
 
-logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise, every second
+logging.getLogger("httpx").setLevel(logging.WARNING)  # an INFO line per request otherwise
+
 
 @contextlib.contextmanager
 def control_client(env: dict[str, str]) -> Iterator[ControlHttpClient]:

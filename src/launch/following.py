@@ -32,6 +32,7 @@ STATUS_POLL_S = 10.0               # the run's status while its log streams: a f
                                    # the stream stopping (rounds were as fast with 1 s, 10 s or 30 s here)
 URGENT_POLL_S = 0.2                # ... and this often once the stream has stopped or the ServerApp died
 CRASH_GRACE_S = 5.0                # after "Exit Code", wait this long for the status to say so
+STREAM_GRACE_S = 1.0               # a stream that stopped this long ago, its run still going, is restarted
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -52,6 +53,7 @@ class _LogStream:
         self.read = 0          # raw lines read so far, over all the streams
         self.proc: subprocess.Popen | None = None
         self.ended = threading.Event()
+        self.ended_at = 0.0    # when the latest stream stopped
         self.restarts = 0
 
     def start(self) -> None:
@@ -72,6 +74,7 @@ class _LogStream:
                 line = _ANSI.sub("", raw.rstrip("\r\n"))
                 if not _is_cli_chatter(line):
                     self.lines.put(line)
+        self.ended_at = time.monotonic()
         self.ended.set()
 
     def restart(self) -> None:
@@ -141,7 +144,7 @@ def follow_run(sup: ProcessSupervisor, cli: FlwrCli, run_id: int, log_path: Path
                     status = ""
                 if status.startswith("finished"):
                     break
-                if stream.ended.is_set() and stream.restarts < 20:
+                if stream.ended.is_set() and stream.restarts < 20 and now - stream.ended_at > STREAM_GRACE_S:
                     stream.restart()  # the stream ended early: carry on where it was
             if crash_at is not None and now - crash_at > CRASH_GRACE_S:
                 status = "finished:failed"

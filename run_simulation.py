@@ -9,6 +9,8 @@ with `launch=false` it prepares the run and prints the `flwr run .` commands ins
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import sys
 from pathlib import Path
@@ -28,6 +30,9 @@ from src.launch.flwr_run import commands, write_flwr_files
 from src.server.announce import ANNOUNCE
 
 PROJECT_DIR = Path(__file__).resolve().parent
+# At exit the interpreter's last garbage collection walks every object torch, Opacus and scikit-learn
+# made (~0.9 s of CPU per process); by then nothing is left that needs collecting.
+atexit.register(gc.freeze)
 
 
 RESUMABLE = ("federation.rounds", "federation.mode", "federation.round_timeout", "federation.min_hospitals",

@@ -28,7 +28,9 @@ hospital's installed copy.
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
+import gc
 import importlib
 import logging
 import sys
@@ -135,6 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # --help stays Flower's
     parser.add_argument("--preload", action="append", default=[], metavar="MODULE")
     ours, flowers = parser.parse_known_args()
+    atexit.register(gc.freeze)  # exit without the last collection's walk over torch's objects (~0.9 s of CPU)
     for module in ours.preload:
         threading.Thread(target=preload, args=(module,), daemon=True).start()
     superexec.get_executor = lambda *_, **__: WarmExecutor()

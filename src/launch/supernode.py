@@ -10,6 +10,11 @@ SuperLink, every POLL_S, so an idle SuperNode makes four per second (pulling eve
 made the default run slower on 2 cores, not faster). A message whose content has not
 fully reached the SuperLink is pulled again after 0.05 s rather than Flower's 1 s.
 
+It also reports a heartbeat interval of HEARTBEAT_S (Flower's minimum; its default is 30 s) and
+sends its heartbeats accordingly (every ~4 s): the SuperLink answers a message to a SuperNode
+silent for two intervals with a "node unavailable" error, so a hospital that vanished mid-round
+costs the round ~20 s instead of its `federation.round_timeout`.
+
 Where the SuperNode would start `flower-superexec` (which starts a process per message),
 it starts the hospital's warm worker (`src/client/worker.py`) with the same arguments,
 plus `--preload MODULE` for each one given to this module. It starts the worker again if
@@ -27,11 +32,14 @@ import sys
 import threading
 import time
 
+import flwr.supercore.heartbeat as heartbeat
+import flwr.supernode.fleet_http_connection as fleet
 import flwr.supernode.start_client_internal as internal
 from flwr.supercore.exit import ExitCode
 from flwr.supernode.cli import flower_supernode
 
 LOCAL_POLL_S, POLL_S = 0.01, 0.25
+HEARTBEAT_S = 10  # the least the SuperLink accepts
 PULL_BACKOFF_S = (0.05, 1.0)  # first retry, longest wait; Flower's are (1, 10) s
 RESTART_PAUSE_S, MAX_RESTARTS = 1.0, 5
 GRACEFUL = {ExitCode.SUCCESS, ExitCode.GRACEFUL_EXIT_SIGINT, ExitCode.GRACEFUL_EXIT_SIGQUIT,
@@ -100,6 +108,8 @@ def main() -> None:
     internal.pull_objects = functools.partial(internal.pull_objects, initial_backoff=PULL_BACKOFF_S[0],
                                               backoff_cap=PULL_BACKOFF_S[1])
     internal.subprocess = _WarmWorker(ours.preload)
+    fleet.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_S      # the interval it reports to the SuperLink
+    heartbeat.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_S  # and the one it sends at
     sys.argv = ["flower-supernode", *flowers]
     sys.exit(flower_supernode())
 

@@ -7,7 +7,7 @@ three exchanges, so on a federation whose hospitals answer in a second these sle
 were a large part of every round. This module shortens them: a check for the reply reads
 the SuperNode's own memory, every LOCAL_POLL_S; a pull is one small HTTPS request to the
 SuperLink, every POLL_S, so an idle SuperNode makes four per second (pulling every 0.05 s
-made the default run slower on 2 cores, not faster). A message whose content has not
+did not make the default run faster on 2 cores). A message whose content has not
 fully reached the SuperLink is pulled again after 0.05 s rather than Flower's 1 s.
 
 It also reports a heartbeat interval of HEARTBEAT_S (Flower's minimum; its default is 30 s) and

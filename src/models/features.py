@@ -63,7 +63,7 @@ def raw_features(front_end, samples: list[Sample], data_cfg, cache_dir: Path | N
     labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two launches sharing a data cache may both write
         torch.save({"features": features, "labels": labels}, tmp)
         tmp.replace(path)
     return features, labels

@@ -5,20 +5,20 @@
 - ``mode="deployment"``: a ``flower-superlink`` and one ``flower-supernode`` per
   hospital, real OS processes on loopback, TLS on (a throw-away CA), SuperNode
   authentication on (each SuperNode's EC key registered through the Control API, the
-  request ``flwr supernode register`` sends), runtime dependency installation off. Each SuperNode
-  gets its hospital's ``node_config`` plus ``partition-id`` (its index in
-  ``hospitals``) and ``num-partitions``.
+  request ``flwr supernode register`` sends), runtime dependency installation off.
+  Each SuperNode gets its hospital's ``node_config`` plus ``partition-id`` (its index
+  in ``hospitals``) and ``num-partitions``.
 - ``mode="simulation"``: Flower's simulation engine (``flower-superlink --simulation``)
-  with ``num-supernodes=len(hospitals)``, ``simulation_cpus`` CPUs per Ray actor. A virtual node's
-  node config only holds ``partition-id`` and ``num-partitions``: **the i-th hospital
-  is partition-id i**, and the ServerApp/ClientApp must read whatever else they need
-  about hospitals from the run config.
+  with ``num-supernodes=len(hospitals)``, ``simulation_cpus`` CPUs per Ray actor. A
+  virtual node's node config only holds ``partition-id`` and ``num-partitions``: **the
+  i-th hospital is partition-id i**, and the ServerApp/ClientApp must read whatever
+  else they need about hospitals from the run config.
 
 In both modes the run is submitted with ``flwr run <app_dir> --run-config <toml>``, its
 log (``flwr log --stream``) goes line by line to ``on_log_line`` as it arrives and to
 ``Outcome.log_path``, and its end is read from the run's status (``flwr ls``'s request,
-sent from this process); a ServerApp that dies
-("Exit Code: ..." in its log) is reported as failed within seconds. Every process is
+sent from this process); a ServerApp that dies ("Exit Code: ..." in its log) is
+reported as failed within seconds. Every process is
 torn down whatever happens: completion, failure, exception, Ctrl-C, SIGTERM.
 
 Everything lives under ``work_dir/federation/``: ``certs/`` (CA, server certificate,

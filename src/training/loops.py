@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from src.data.layouts import Sample
-from src.models.grouped_conv import register_opacus_sampler
 from src.models.features import raw_features
+from src.models.grouped_conv import register_opacus_sampler
 from src.training.grad_sample import choose, linear_cross_entropy
 
 if TYPE_CHECKING:

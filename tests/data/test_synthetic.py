@@ -10,8 +10,8 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless, UID
 
-from src.data.images import load_image
 from src.data import synthetic
+from src.data.images import load_image
 from src.data.synthetic import CLASSES, ensure_synthetic, generate, hospital_site, render
 
 HOSPITALS, PER_HOSPITAL = 3, 12

@@ -18,8 +18,8 @@ In both modes the run is submitted with ``flwr run <app_dir> --run-config <toml>
 log (``flwr log --stream``) goes line by line to ``on_log_line`` as it arrives and to
 ``Outcome.log_path``, and its end is read from the run's status (``flwr ls``'s request,
 sent from this process); a ServerApp that dies ("Exit Code: ..." in its log) is
-reported as failed within seconds. Every process is
-torn down whatever happens: completion, failure, exception, Ctrl-C, SIGTERM.
+reported as failed within seconds. Every process is torn down whatever happens:
+completion, failure, exception, Ctrl-C, SIGTERM.
 
 Everything lives under ``work_dir/federation/``: ``certs/`` (CA, server certificate,
 SuperNode keys), ``flwr_home/`` (``FLWR_HOME`` of every process: CLI connection

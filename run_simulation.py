@@ -25,7 +25,6 @@ from rich.table import Table
 
 from src.config import to_run_config, validate
 from src.launch.configs import Hospital
-from src.launch.federation import run_federation
 from src.launch.flwr_run import commands, write_flwr_files
 from src.server.announce import ANNOUNCE
 
@@ -77,6 +76,9 @@ def prepare_run(cfg: DictConfig, run_dir: Path, console: Console) -> tuple[DictC
     if cfg.resume:
         cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task))
         run_dir = Path(cfg.resume)
+    cfg.data.root = to_absolute_path(str(cfg.data.root))  # the apps run in other working directories
+    if cfg.eval.reader_csv:
+        cfg.eval.reader_csv = to_absolute_path(str(cfg.eval.reader_csv))
     validate(cfg)
     # torch, MONAI and Opacus (seconds to import) only for a config that passed: a bad key is refused at once
     from src.training.privacy import plan
@@ -85,9 +87,6 @@ def prepare_run(cfg: DictConfig, run_dir: Path, console: Console) -> tuple[DictC
     from src.server.readers import load_reads
     from src.strategies.secure import check_secagg
 
-    cfg.data.root = to_absolute_path(str(cfg.data.root))  # the apps run in other working directories
-    if cfg.eval.reader_csv:
-        cfg.eval.reader_csv = to_absolute_path(str(cfg.eval.reader_csv))
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     federation = prepare_federation(cfg, run_dir, console)
     if cfg.eval.reader_csv:
@@ -144,6 +143,8 @@ def main(cfg: DictConfig) -> None:
         for line in commands(PROJECT_DIR, run_dir, hospitals, mode):
             console.print(line, highlight=False, markup=False, soft_wrap=True)
         return
+    from src.launch.federation import run_federation  # Flower's CLI modules: only for a run that starts
+
     console.print(f"{mode}: {len(hospitals)} hospitals, {cfg.federation.rounds} rounds, run dir {run_dir}")
     outcome = run_federation(
         PROJECT_DIR, run_dir, hospitals, to_run_config(cfg, run_dir), mode=mode,

@@ -31,10 +31,10 @@ def from_run_config(run_config) -> DictConfig:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Refuse a config that cannot run, with one line naming the key, before any process starts."""
-    from src.models.registry import MODELS
-    from src.training import grad_sample
+    """Refuse a config that cannot run, with one line naming the key, before any process starts.
 
+    The plain keys first, then the data's root, and only then what needs torch and Opacus
+    (seconds to import): a mistyped number is refused at once."""
     fed = cfg.federation
     checks = [
         (fed.mode in ("deployment", "simulation"), "federation.mode", "'deployment' or 'simulation'", fed.mode),
@@ -47,7 +47,6 @@ def validate(cfg: DictConfig) -> None:
         (int(fed.local_epochs) >= 1, "federation.local_epochs", "at least 1", fed.local_epochs),
         (int(fed.batch_size) >= 1, "federation.batch_size", "at least 1", fed.batch_size),
         (float(fed.lr) > 0, "federation.lr", "> 0", fed.lr),
-        (cfg.model.name in MODELS, "model.name", f"one of {sorted(MODELS)}", cfg.model.name),
         (cfg.strategy.name in ("fedavg", "fedprox", "secagg"), "strategy.name", "'fedavg', 'fedprox' or 'secagg'",
          cfg.strategy.name),
         (cfg.device == "auto" or str(cfg.device).split(":")[0] in ("cpu", "cuda"), "device",
@@ -61,15 +60,27 @@ def validate(cfg: DictConfig) -> None:
          "at least 2, or null", cfg.hospital.min_survivors),
         (cfg.hospital.max_epsilon is None or float(cfg.hospital.max_epsilon) > 0, "hospital.max_epsilon",
          "> 0, or null", cfg.hospital.max_epsilon),
+        (cfg.data.layout == "synthetic" or Path(str(cfg.data.root)).expanduser().exists(), "data.root",
+         f"an existing path for layout {cfg.data.layout}", cfg.data.root),
     ]
+    _refuse_failed(checks)
+
+    from src.models.registry import MODELS
+    from src.training import grad_sample
+
+    checks = [(cfg.model.name in MODELS, "model.name", f"one of {sorted(MODELS)}", cfg.model.name)]
     if cfg.privacy.name == "dp":
         checks.append((cfg.privacy.grad_sample_mode in grad_sample.MODES, "privacy.grad_sample_mode",
                        ", ".join(grad_sample.MODES), cfg.privacy.grad_sample_mode))
+    _refuse_failed(checks)
+    if cfg.privacy.name == "dp":
+        _check_opacus_can_train(cfg)
+
+
+def _refuse_failed(checks: list[tuple[bool, str, str, object]]) -> None:
     for ok, key, expected, got in checks:
         if not ok:
             raise ValueError(f"{key}: expected {expected}, got {got!r}")
-    if cfg.privacy.name == "dp":
-        _check_opacus_can_train(cfg)
 
 
 def _check_opacus_can_train(cfg: DictConfig) -> None:

@@ -4,7 +4,8 @@ Composes and validates the config once, prepares every hospital's data (generati
 the synthetic hospitals on first use), hands each hospital its own manifest, then
 runs the Flower ServerApp and one ClientApp per hospital: real SuperLink and
 SuperNode processes (`federation.mode=deployment`) or Flower's simulation engine;
-with `launch=false` it prepares the run and prints the `flwr run .` commands instead.
+with `launch=false` it prepares the run (with a copy of the app's own files) and prints
+the `flwr run .` commands instead.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from rich.table import Table
 from src.config import to_run_config, validate
 from src.launch.configs import Hospital
 from src.launch.flwr_run import commands, write_flwr_files
+from src.launch.startup import stage_app
 from src.server.announce import ANNOUNCE
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -140,7 +142,7 @@ def main(cfg: DictConfig) -> None:
     if not cfg.launch:
         write_flwr_files(run_dir, to_run_config(cfg, run_dir))
         console.print(f"prepared {run_dir}; to run it with Flower's CLI ({mode}):")
-        for line in commands(PROJECT_DIR, run_dir, hospitals, mode):
+        for line in commands(stage_app(PROJECT_DIR, run_dir), run_dir, hospitals, mode):
             console.print(line, highlight=False, markup=False, soft_wrap=True)
         return
     from src.launch.federation import run_federation  # Flower's CLI modules: only for a run that starts

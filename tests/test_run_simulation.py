@@ -330,7 +330,10 @@ def test_flwr_run_runs_a_prepared_run_and_hospitals_refuse_a_plain_round(hospita
                         "launch=false", timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     printed = [line for line in proc.stdout.splitlines() if line.startswith(("cd ", "export ", "flower-", "flwr "))]
-    assert printed[:2] == [f"cd {ROOT}", f"export FLWR_HOME={run_dir / 'flwr_home'}"]
+    app = run_dir / "app"  # the app's own files, without the checkout's .venv that `flwr run` would walk
+    assert printed[:2] == [f"cd {app}", f"export FLWR_HOME={run_dir / 'flwr_home'}"]
+    assert (app / "pyproject.toml").exists() and (app / "src" / "client" / "app.py").exists()
+    assert not (app / ".venv").exists() and not (app / "data").exists()
     superlink, submit = printed[2:]
     assert superlink.endswith("--simulation &") and "--disable-runtime-dependency-installation" in superlink
     assert submit.startswith("flwr run . fedcxr --run-config") and "num-supernodes=3" in submit
@@ -343,11 +346,11 @@ def test_flwr_run_runs_a_prepared_run_and_hospitals_refuse_a_plain_round(hospita
     env = os.environ | {"FLWR_HOME": str(home), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with ProcessSupervisor(tmp_path / "logs", env) as processes:  # the SuperLink starts its executor detached
         command = superlink.removesuffix(" &").replace("--port 9093", f"--port {port}")
-        processes.start("superlink", shlex.split(command), cwd=ROOT)
+        processes.start("superlink", shlex.split(command), cwd=app)
         deadline = time.monotonic() + 60
         while not port_in_use(port) and time.monotonic() < deadline:
             time.sleep(0.2)
-        flwr = subprocess.run(shlex.split(submit), env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        flwr = subprocess.run(shlex.split(submit), env=env, cwd=app, capture_output=True, text=True, timeout=300)
         assert flwr.returncode == 0 and "round 1/1" in flwr.stdout, flwr.stdout[-3000:] + flwr.stderr[-3000:]
         results = check_results(run_dir, {"hospital_1", "hospital_2", "hospital_3"}, [1])
         assert results["config"]["strategy"]["name"] == "secagg" and results["config"]["privacy"]["name"] == "dp"
@@ -357,7 +360,7 @@ def test_flwr_run_runs_a_prepared_run_and_hospitals_refuse_a_plain_round(hospita
         plain = json.loads(run_config["config"]) | {"strategy": {"name": "fedavg"}}
         (tmp_path / "plain.toml").write_text(tomli_w.dumps(run_config | {"config": json.dumps(plain)}))
         refused = subprocess.run(shlex.split(submit.replace(str(run_dir / "run_config.toml"), str(tmp_path / "plain.toml"))),
-                                 env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+                                 env=env, cwd=app, capture_output=True, text=True, timeout=300)
     assert "declined by hospital_1" in refused.stdout and "declined by hospital_3" in refused.stdout, refused.stdout[-3000:]
     assert "policy hospital.require_secure_aggregation" in refused.stdout
     results = json.loads((run_dir / "results.json").read_text())

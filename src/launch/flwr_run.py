@@ -5,7 +5,9 @@ authentication and a warm worker per hospital). A Flower user may rather drive t
 federation with Flower's tools: this writes what `flwr run .` needs into the run
 directory — the run config the apps read (`run_config.toml`) and a Flower home whose
 `config.toml` names the SuperLink connection `fedcxr` — and returns the commands, for
-Flower's simulation runtime or a local SuperLink with one SuperNode per hospital.
+Flower's simulation runtime or a local SuperLink with one SuperNode per hospital. They run
+`flwr run .` in the run's copy of the app (`startup.stage_app`): in the checkout itself,
+Flower would walk its virtual environment's files before bundling the app (~8 s of CPU).
 
 Both SuperLinks run with `--disable-runtime-dependency-installation`: otherwise Flower
 builds a fresh environment with every dependency (torch included) for each run.

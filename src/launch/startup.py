@@ -62,7 +62,8 @@ def prepare_dir(fed: Path) -> Path:
 
 
 def stage_app(app_dir: Path, fed: Path) -> Path:
-    """A copy of the app's own files (hidden and `.gitignore`d folders left out) for `flwr run`.
+    """A copy of the app's own files (hidden and `.gitignore`d folders left out) for `flwr run`,
+    in `fed/app`.
 
     `flwr run <dir>` walks and resolves every file under `<dir>` before it filters them
     into the app bundle: in a checkout with its virtual environment and data that is

@@ -89,15 +89,25 @@ THREE = ("federation.num_hospitals=3", "federation.min_hospitals=2")
 
 
 @pytest.fixture(scope="module")
-def hospitals(tmp_path_factory) -> tuple[str, ...]:
-    """Three synthetic hospitals, their decoded-image cache and a public reference set, made once for
-    the runs of this module (per test process); the overrides that point a run at them."""
+def hospitals(tmp_path_factory, worker_id) -> tuple[str, ...]:
+    """Three synthetic hospitals and a public reference set, made once for the runs of this module
+    on every xdist worker (under a file lock), and the decoded-image and feature caches their runs
+    share (made safe for concurrent runs by the launcher itself); the overrides that point a run at them."""
+    from filelock import FileLock
+
     from src.config import compose_config
+    from src.data.reference import reference_samples
     from src.data.synthetic import ensure_synthetic
 
-    base = tmp_path_factory.mktemp("hospitals")
-    ensure_synthetic(base / "synthetic", 3, 40, int(compose_config([]).seed))
-    return (f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", f"reference.root={base / 'public'}")
+    session = tmp_path_factory.getbasetemp()
+    base = (session if worker_id == "master" else session.parent) / "e2e-hospitals"  # the workers' common folder
+    overrides = (f"data.root={base / 'synthetic'}", f"data.cache_dir={base / 'cache'}", f"reference.root={base / 'public'}")
+    base.mkdir(exist_ok=True)
+    with FileLock(base.with_suffix(".lock")):
+        cfg = compose_config([*overrides, *SMALL])
+        ensure_synthetic(base / "synthetic", 3, 40, int(cfg.seed))
+        reference_samples(cfg.reference)  # generated here: a run finding it missing would write it beside others reading it
+    return overrides
 
 
 TRAINING_METRICS = {"num_examples", "train_loss", "train_seconds"}

@@ -44,7 +44,8 @@ logging.getLogger("openjpeg").setLevel(logging.WARNING)  # it logs every encoded
 CLASSES = ("normal", "bacterial", "viral")
 VERSION = 1  # bump whenever the images change, so stale sets get regenerated
 CHUNK = 50   # images per task of the generating processes
-IMAGES_PER_PROCESS = 200  # ~8 s of rendering each: a spawned process costs ~1.5 s of CPU to start
+IMAGES_PER_PROCESS = 100  # ~4 s of rendering each; a spawned process costs ~1.5 s of CPU to start (300 images:
+                          # 10.5-11.4 s in this process, 6.0-6.3 s in two)
 SIGN = 0.95  # overall strength of the pneumonia signs, calibrated by the difficulty bench
 
 

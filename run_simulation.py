@@ -26,8 +26,7 @@ from rich.table import Table
 
 from src.config import to_run_config, validate
 from src.launch.configs import Hospital
-from src.launch.flwr_run import commands, write_flwr_files
-from src.launch.startup import stage_app
+from src.launch.flwr_run import commands, stage_app, write_flwr_files
 from src.server.announce import ANNOUNCE
 
 PROJECT_DIR = Path(__file__).resolve().parent

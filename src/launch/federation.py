@@ -50,6 +50,7 @@ import tomli_w
 
 from src.launch.configs import Hospital, check_hospital_name, check_run_config, node_config_arg
 from src.launch.flwr_cli import CONNECTION, FlwrCli, parse_json_output
+from src.launch.flwr_run import stage_app
 from src.launch.following import follow_run
 from src.launch.processes import ProcessSupervisor
 from src.launch.startup import (
@@ -58,7 +59,6 @@ from src.launch.startup import (
     flower_env,
     installed_client_app,
     prepare_dir,
-    stage_app,
     start_deployment,
     start_simulation,
     supernode_name,

@@ -6,8 +6,7 @@ federation with Flower's tools: this writes what `flwr run .` needs into the run
 directory — the run config the apps read (`run_config.toml`) and a Flower home whose
 `config.toml` names the SuperLink connection `fedcxr` — and returns the commands, for
 Flower's simulation runtime or a local SuperLink with one SuperNode per hospital. They run
-`flwr run .` in the run's copy of the app (`startup.stage_app`): in the checkout itself,
-Flower would walk its virtual environment's files before bundling the app (~8 s of CPU).
+`flwr run .` in the run's copy of the app's own files (`stage_app`, as the launcher does).
 
 Both SuperLinks run with `--disable-runtime-dependency-installation`: otherwise Flower
 builds a fresh environment with every dependency (torch included) for each run.
@@ -15,9 +14,12 @@ builds a fresh environment with every dependency (torch included) for each run.
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 from pathlib import Path
 
+import pathspec
 import tomli_w
 
 from src.launch.configs import Hospital, node_config_arg
@@ -54,3 +56,25 @@ def commands(app_dir: Path, run_dir: Path, hospitals: list[Hospital], mode: str,
                   for i, h in enumerate(hospitals)]
         lines.append(submit)
     return lines
+
+
+def stage_app(app_dir: Path, fed: Path) -> Path:
+    """A copy of the app's own files (hidden and `.gitignore`d folders left out) for `flwr run`,
+    in `fed/app`.
+
+    `flwr run <dir>` walks and resolves every file under `<dir>` before it filters them
+    into the app bundle: in a checkout with its virtual environment and data that is
+    ~80,000 files and 6 s of CPU per run. The copy holds only what the bundle can contain."""
+    ignore = app_dir / ".gitignore"
+    ignored = pathspec.GitIgnoreSpec.from_lines(ignore.read_text().splitlines() if ignore.exists() else [])
+    staged = fed / "app"
+    for folder, dirs, files in os.walk(app_dir):
+        relative = Path(folder).relative_to(app_dir)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"
+                   and not ignored.match_file(f"{(relative / d).as_posix()}/")]
+        for name in files:
+            source = Path(folder) / name
+            if not name.startswith(".") and not source.is_symlink() and not ignored.match_file((relative / name).as_posix()):
+                (staged / relative).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, staged / relative / name)
+    return staged

@@ -19,7 +19,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pathspec
 import tomli_w
 
 from src.launch.certificates import NodeKeyFiles, write_node_keys, write_tls_files
@@ -59,28 +58,6 @@ def prepare_dir(fed: Path) -> Path:
     (fed / "logs").mkdir(parents=True)
     (fed / MARKER).touch()
     return fed
-
-
-def stage_app(app_dir: Path, fed: Path) -> Path:
-    """A copy of the app's own files (hidden and `.gitignore`d folders left out) for `flwr run`,
-    in `fed/app`.
-
-    `flwr run <dir>` walks and resolves every file under `<dir>` before it filters them
-    into the app bundle: in a checkout with its virtual environment and data that is
-    ~80,000 files and 6 s of CPU per run. The copy holds only what the bundle can contain."""
-    ignore = app_dir / ".gitignore"
-    ignored = pathspec.GitIgnoreSpec.from_lines(ignore.read_text().splitlines() if ignore.exists() else [])
-    staged = fed / "app"
-    for folder, dirs, files in os.walk(app_dir):
-        relative = Path(folder).relative_to(app_dir)
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"
-                   and not ignored.match_file(f"{(relative / d).as_posix()}/")]
-        for name in files:
-            source = Path(folder) / name
-            if not name.startswith(".") and not source.is_symlink() and not ignored.match_file((relative / name).as_posix()):
-                (staged / relative).mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, staged / relative / name)
-    return staged
 
 
 def flower_env(fed: Path, bin_dir: Path) -> dict[str, str]:

@@ -58,16 +58,16 @@ def commands(app_dir: Path, run_dir: Path, hospitals: list[Hospital], mode: str,
     return lines
 
 
-def stage_app(app_dir: Path, fed: Path) -> Path:
+def stage_app(app_dir: Path, parent: Path) -> Path:
     """A copy of the app's own files (hidden and `.gitignore`d folders left out) for `flwr run`,
-    in `fed/app`.
+    in `parent/app`.
 
     `flwr run <dir>` walks and resolves every file under `<dir>` before it filters them
     into the app bundle: in a checkout with its virtual environment and data that is
     ~80,000 files and 6 s of CPU per run. The copy holds only what the bundle can contain."""
     ignore = app_dir / ".gitignore"
     ignored = pathspec.GitIgnoreSpec.from_lines(ignore.read_text().splitlines() if ignore.exists() else [])
-    staged = fed / "app"
+    staged = parent / "app"
     for folder, dirs, files in os.walk(app_dir):
         relative = Path(folder).relative_to(app_dir)
         dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"

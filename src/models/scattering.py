@@ -82,6 +82,8 @@ class ScatterFrontEnd(nn.Module):
 
     def raw(self, images: torch.Tensor) -> torch.Tensor:
         """Log-scattering features before standardisation (what the reference statistics are taken of)."""
+        if not len(images):  # an empty Poisson batch under DP; MKL's FFT refuses a batch of none
+            return images.new_zeros((0, self.raw_features), dtype=torch.float32)
         s = self.scattering(images.float().contiguous())  # (B, 1, channels, S/2^J, S/2^J)
         s = torch.log(s.abs().flatten(1, 2) + self.eps)
         return nn.functional.adaptive_avg_pool2d(s, self.pool).flatten(1)

@@ -50,6 +50,7 @@ def test_grayscale_in_logits_out_and_opacus_valid(name):
     model = build_model(model_cfg(name), num_classes=3)
     out = model(torch.rand(4, 1, SIZE, SIZE))
     assert out.shape == (4, 3) and out.dtype == torch.float32
+    assert model(torch.rand(0, 1, SIZE, SIZE)).shape == (0, 3)  # DP's Poisson sampling can draw an empty batch
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if hasattr(model, "front_end"):  # fixed features: nothing of it is trained
         assert not any(p.requires_grad for p in model.front_end.parameters())

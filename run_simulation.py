@@ -77,9 +77,6 @@ def prepare_run(cfg: DictConfig, run_dir: Path, console: Console) -> tuple[DictC
     if cfg.resume:
         cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task))
         run_dir = Path(cfg.resume)
-    cfg.data.root = to_absolute_path(str(cfg.data.root))  # the apps run in other working directories
-    if cfg.eval.reader_csv:
-        cfg.eval.reader_csv = to_absolute_path(str(cfg.eval.reader_csv))
     validate(cfg)
     # torch, MONAI and Opacus (seconds to import) only for a config that passed: a bad key is refused at once
     from src.training.privacy import plan
@@ -88,6 +85,9 @@ def prepare_run(cfg: DictConfig, run_dir: Path, console: Console) -> tuple[DictC
     from src.server.readers import load_reads
     from src.strategies.secure import check_secagg
 
+    cfg.data.root = to_absolute_path(str(cfg.data.root))  # the apps run in other working directories
+    if cfg.eval.reader_csv:
+        cfg.eval.reader_csv = to_absolute_path(str(cfg.eval.reader_csv))
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     federation = prepare_federation(cfg, run_dir, console)
     if cfg.eval.reader_csv:

@@ -35,6 +35,8 @@ def validate(cfg: DictConfig) -> None:
 
     The plain keys first, then the data's root, and only then what needs torch and Opacus
     (seconds to import): a mistyped number is refused at once."""
+    for key in sorted(OmegaConf.missing_keys(cfg)):  # `???` in conf/: a value only the user can give
+        raise ValueError(f"{key}: expected a value, got none (give it on the command line: {key}=...)")
     fed = cfg.federation
     checks = [
         (fed.mode in ("deployment", "simulation"), "federation.mode", "'deployment' or 'simulation'", fed.mode),

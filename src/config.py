@@ -35,8 +35,9 @@ def validate(cfg: DictConfig) -> None:
 
     The plain keys first, then the data's root, and only then what needs torch and Opacus
     (seconds to import): a mistyped number is refused at once."""
-    for key in sorted(OmegaConf.missing_keys(cfg)):  # `???` in conf/: a value only the user can give
-        raise ValueError(f"{key}: expected a value, got none (give it on the command line: {key}=...)")
+    missing = sorted(OmegaConf.missing_keys(cfg))  # `???` in conf/: a value only the user can give
+    if missing:
+        raise ValueError(f"{missing[0]}: expected a value, got none (give it on the command line: {missing[0]}=...)")
     fed = cfg.federation
     checks = [
         (fed.mode in ("deployment", "simulation"), "federation.mode", "'deployment' or 'simulation'", fed.mode),

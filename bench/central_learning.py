@@ -42,12 +42,13 @@ def main(label: str, overrides: list[str], epochs: int) -> list[dict]:
         torch.manual_seed(SEED)
         save_initial_model(cfg, len(fed.classes), run)
         model = load_initial_model(cfg, len(fed.classes), run)
-        part, loader = local_training_view(model, fed.select(split="train"), cfg.data, int(cfg.federation.batch_size),
-                                           SEED, device, run / "features")
+        view = local_training_view(model, fed.select(split="train"), cfg.data, int(cfg.federation.batch_size),
+                                   SEED, device, run / "features", int(cfg.data.num_workers))
         start = time.perf_counter()
         for epoch in range(1, epochs + 1):
-            loss, _ = train_epochs(part, loader, 1, float(cfg.federation.lr), device,
-                                   optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum))
+            loss, _ = train_epochs(view.module, view.loader, 1, float(cfg.federation.lr), device,
+                                   optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum),
+                                   augment=view.augment)
             if epoch in SCORED or epoch == epochs:
                 labels, probs = predict_samples(model, fed.select(split="val"), cfg.data, 64, device, run / "features")
                 m = classification_metrics(labels, probs, fed.classes)

@@ -26,7 +26,7 @@ from src.data.dicom import load_dicom
 from src.data.layouts import Sample
 from src.data.skips import SkipLog
 from src.data.synthetic import generate
-from src.data.transforms import eval_transforms
+from src.data.transforms import radiograph_transforms
 
 RESULTS = Path(__file__).parent / "results" / "data_throughput.json"
 
@@ -54,12 +54,12 @@ def main() -> None:
         synthetic = sorted(str(p) for p in (Path(tmp) / "synthetic").rglob("*.dcm"))
         real = [get_testdata_file("RG1_UNCI.dcm"), get_testdata_file("RG1_J2KR.dcm")]
         data_cfg = OmegaConf.create({"image_size": args.image_size, "cache_dir": f"{tmp}/cache"})
-        preprocess = eval_transforms(args.image_size)
+        preprocess = radiograph_transforms(args.image_size)
         results = {}
         for name, files in {"pydicom_data_chest_cr": real, "synthetic_hospitals": synthetic}.items():
             samples = [Sample(f, 0) for f in files]
             assert len(prepare(samples, data_cfg, SkipLog())) == len(files)  # fills the cache
-            cached = make_dataset(samples, data_cfg, train=False)
+            cached = make_dataset(samples, data_cfg)
             row = {
                 "files": len(files),
                 "pixel_array": rate(lambda f: pydicom.dcmread(f).pixel_array, files, args.repeats),

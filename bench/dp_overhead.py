@@ -3,14 +3,16 @@ and peak memory of DP-SGD in every `privacy.grad_sample_mode` (Opacus' hooks, fu
 ghost; fedcxr's closed form `linear` for a linear head) beside non-private training, for
 every registered model at the default image size, and which mode `auto` picks.
 
-    python bench/dp_overhead.py [--models small_cnn resnet18] [--steps 20] [--repeats 3] [--out FILE]
+    python bench/dp_overhead.py [--models small_cnn resnet18] [--modes none hooks ghost] [--steps 20]
+                                [--repeats 3] [--device cuda] [--image-size 224] [--batch-size 32] [--out FILE]
 
 Each step is the project's own `src.training.loops.train_epochs` (the model's configured
 optimizer and learning rate, and under DP Opacus' `make_private` with Poisson sampling,
 per-sample clipping and Gaussian noise of the σ that `src.training.privacy.plan` picks for
-a default hospital), with each model's configured batch size and 64 px images. A model
-with a fixed front end (`scatter_linear`) is timed as a hospital trains it: its head
-alone, on features, at full batch (a default hospital's training images per step).
+a default hospital), with each model's configured batch size and 64 px images (or
+`--batch-size`, `--image-size`). A model with a fixed front end (`scatter_linear`) is
+timed as a hospital trains it: its head alone, on features, at full batch (a default
+hospital's training images per step).
 
 Data: a default hospital's training set (images_per_hospital less the validation and test
 shares: 195 images) of random 1×64×64 images (or features) and labels, in memory, served as
@@ -90,7 +92,8 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def worker(model_name: str, mode: str, steps: int, repeats: int, threads: int, device_name: str) -> dict:
+def worker(model_name: str, mode: str, steps: int, repeats: int, threads: int, device_name: str,
+           overrides: list[str]) -> dict:
     import torch
     from torch.utils.data import DataLoader, Dataset
 
@@ -101,7 +104,7 @@ def worker(model_name: str, mode: str, steps: int, repeats: int, threads: int, d
     from src.models.registry import build_model
 
     torch.set_num_threads(threads)
-    cfg = compose_config([f"model={model_name}", f"device={device_name}"])
+    cfg = compose_config([f"model={model_name}", f"device={device_name}", *overrides])
     device = resolve_device(str(cfg.device))
     batch_size, size = int(cfg.federation.batch_size), int(cfg.data.image_size)
     classes = len(cfg.data.classes)
@@ -211,7 +214,7 @@ def worker(model_name: str, mode: str, steps: int, repeats: int, threads: int, d
 def measure(model: str, mode: str, steps: int, args) -> dict:
     """One (model, mode) in a fresh interpreter, so that its peak memory is its own."""
     spec = json.dumps({"model_name": model, "mode": mode, "steps": steps, "repeats": args.repeats,
-                       "threads": args.threads, "device_name": args.device})
+                       "threads": args.threads, "device_name": args.device, "overrides": args.overrides})
     env = os.environ | {k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--worker", spec], capture_output=True, text=True, env=env)
@@ -263,14 +266,20 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--steps", type=int, default=None,
                         help=f"steps per timed call for every model (default per model: {DEFAULT_STEPS})")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (default: the config's, auto)")
+    parser.add_argument("--image-size", type=int, default=None, help="default: the config's data.image_size")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="expected batch of the CNNs (default: the config's federation.batch_size)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    cfg = compose_config([])
+    args.overrides = ([f"data.image_size={args.image_size}"] if args.image_size else []) + (
+        [f"federation.batch_size={args.batch_size}"] if args.batch_size else [])
+    cfg = compose_config(args.overrides)
     args.device = args.device or str(cfg.device)
     default_model, default_mode = str(cfg.model.name), str(cfg.privacy.grad_sample_mode)
 
@@ -278,7 +287,7 @@ def main() -> None:
     rows = []
     for model in args.models:
         steps = args.steps or DEFAULT_STEPS.get(model, 10)
-        for mode in MODES:
+        for mode in args.modes:
             rows.append(measure(model, mode, steps, args))
             r = rows[-1]
             print(f"  {model} {mode}: " + (r["error"] if "error" in r else f"{r['s_per_step']:.3f} s/step"),

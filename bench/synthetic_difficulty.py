@@ -3,7 +3,7 @@
     python bench/synthetic_difficulty.py [--seed 0] [--epochs 15] [--runs 3]
 
 Generates 3 hospitals x 300 images, decodes and resizes them to 64 px with the
-project's own preprocessing (`src.data.transforms.eval_transforms`, which decodes
+project's own preprocessing (`src.data.transforms.radiograph_transforms`, which decodes
 with `src.data.images.load_image`), pools the hospitals, splits 70/30 stratified by
 hospital and class, and trains the project's small CNN (`model=small_cnn`, a
 GroupNorm CNN) on the CPU, averaging `--runs` seeds: a GroupNorm CNN trained from
@@ -39,7 +39,7 @@ from torch import nn
 
 from src.config import compose_config
 from src.data.synthetic import CLASSES, generate
-from src.data.transforms import eval_transforms
+from src.data.transforms import radiograph_transforms
 from src.models.registry import build_model
 
 RESULTS = Path(__file__).parent / "results" / "synthetic_difficulty.json"
@@ -48,7 +48,7 @@ HOSPITALS, PER_HOSPITAL, SIZE = 3, 300, 64
 
 def load(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Model inputs (N, 1, 64, 64), labels and hospital indices of every generated file."""
-    transform = eval_transforms(SIZE)
+    transform = radiograph_transforms(SIZE)
     images, labels, hospitals = [], [], []
     for h in range(HOSPITALS):
         for label, cls in enumerate(CLASSES):

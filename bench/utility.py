@@ -64,11 +64,12 @@ def federated(cfg, federation, run_dir: Path) -> dict:
             samples = federation.select(hospital, "train")
             local = build_model(cfg.model, len(classes))
             local.load_state_dict(model.state_dict())
-            part, loader = local_training_view(local, samples, cfg.data, int(cfg.federation.batch_size),
-                                               int(cfg.seed) + server_round, "cpu", DATA / "features")
+            view = local_training_view(local, samples, cfg.data, int(cfg.federation.batch_size),
+                                       int(cfg.seed) + server_round, "cpu", DATA / "features")
             dp = plan(cfg.privacy, cfg.federation, len(samples)) if cfg.privacy.name == "dp" else None
-            train_epochs(part, loader, int(cfg.federation.local_epochs), float(cfg.federation.lr), "cpu", dp=dp,
-                         optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum))
+            train_epochs(view.module, view.loader, int(cfg.federation.local_epochs), float(cfg.federation.lr), "cpu",
+                         dp=dp, optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum),
+                         augment=view.augment)
             state = {k: v.double() * len(samples) for k, v in local.state_dict().items()}
             total = state if total is None else {k: total[k] + state[k] for k in total}
             weight += len(samples)

@@ -42,12 +42,12 @@ def _train(cfg, initial: torch.nn.Module, samples: list[Sample], epochs: int, de
         raise ValueError("baselines: a model has no training image")
     torch.manual_seed(int(cfg.seed))
     model = copy.deepcopy(initial)
-    trained_part, loader = local_training_view(model, samples, cfg.data, int(cfg.federation.batch_size),
-                                               int(cfg.seed), device, cache)
+    view = local_training_view(model, samples, cfg.data, int(cfg.federation.batch_size), int(cfg.seed), device,
+                               cache, int(cfg.data.num_workers))
     dp = plan(cfg.privacy, cfg.federation, len(samples)) if cfg.privacy.name == "dp" else None
-    train_epochs(trained_part, loader, epochs, float(cfg.federation.lr), device, dp=dp,
+    train_epochs(view.module, view.loader, epochs, float(cfg.federation.lr), device, dp=dp,
                  grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "auto")),
-                 optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum))
+                 optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum), augment=view.augment)
     return model
 
 

@@ -55,6 +55,8 @@ def validate(cfg: DictConfig) -> None:
         (cfg.device == "auto" or str(cfg.device).split(":")[0] in ("cpu", "cuda"), "device",
          "auto, cpu or cuda[:N]", cfg.device),
         (int(cfg.data.image_size) >= 16, "data.image_size", "at least 16", cfg.data.image_size),
+        (int(cfg.data.num_workers) >= 0, "data.num_workers", "at least 0", cfg.data.num_workers),
+        (float(cfg.data.memory_cache_mb) >= 0, "data.memory_cache_mb", "at least 0", cfg.data.memory_cache_mb),
         (cfg.privacy.name in ("dp", "none"), "privacy.name", "'dp' or 'none'", cfg.privacy.name),
         (cfg.hospital.require_secure_aggregation in (None, True, False), "hospital.require_secure_aggregation",
          "true, false or null", cfg.hospital.require_secure_aggregation),

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from src.data.inputs import image_paths
 from src.data.skips import UnusableImage
-from src.data.transforms import eval_transforms
+from src.data.transforms import radiograph_transforms
 from src.models.registry import build_model
 
 
@@ -36,7 +36,7 @@ def load_model(path) -> tuple[torch.nn.Module, list[str], int]:
 def decode(path: Path, image_size: int) -> torch.Tensor | None:
     """The model's input for one image; None (named on stderr) when it cannot be read."""
     try:
-        return eval_transforms(image_size)({"image": str(path)})["image"]
+        return radiograph_transforms(image_size)({"image": str(path)})["image"]
     except RuntimeError as e:  # MONAI wraps the decoder's UnusableImage
         if not isinstance(e.__cause__, UnusableImage):
             raise
@@ -52,7 +52,7 @@ def probabilities(model, image: torch.Tensor) -> list[float]:
 
 
 def predict_image(model, image_size: int, path: str) -> list[float]:
-    return probabilities(model, eval_transforms(image_size)({"image": path})["image"])
+    return probabilities(model, radiograph_transforms(image_size)({"image": path})["image"])
 
 
 def show(path: Path, classes: list[str], probabilities: list[float], seconds: float, as_json: bool) -> None:

@@ -135,13 +135,13 @@ def train_round(msg: Message, context: Context) -> Message:
     device = resolve_device(cfg.device)
     start = time.perf_counter()
     # augmentation and shuffling stay seeded (reproducible); DP's sampling and noise never are (training.py)
-    trained_part, loader = local_training_view(model, samples, cfg.data, int(cfg.federation.batch_size),
-                                               int(cfg.seed) + server_round, device, features_cache(context))
+    view = local_training_view(model, samples, cfg.data, int(cfg.federation.batch_size),
+                               int(cfg.seed) + server_round, device, features_cache(context))
     loss, steps = train_epochs(
-        trained_part, loader, int(cfg.federation.local_epochs), float(cfg.federation.lr), device,
+        view.module, view.loader, int(cfg.federation.local_epochs), float(cfg.federation.lr), device,
         proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
         dp=dp, grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "auto")),
-        optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum),
+        optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum), augment=view.augment,
     )
     metrics = {"train_loss": loss, "num-examples": len(samples), "train_seconds": time.perf_counter() - start}
     _log_training(manifest(context).with_name(f"{hospital}.training.jsonl"), server_round, metrics, steps)

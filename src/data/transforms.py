@@ -1,14 +1,11 @@
-"""MONAI transforms for chest radiographs: a cached deterministic part, then augmentation.
+"""MONAI transforms for chest radiographs: decode, fit into a square, rescale intensities.
 
-Everything up to the first random transform is cached by `PersistentDataset`, so a
-DICOM is decoded, scaled and resized once, not every epoch or round. Augmentation
-rotates, scales and shears a little but never flips left-right: the heart's side
-is anatomy, not noise.
+Deterministic, so `PersistentDataset` caches their whole output: a DICOM is decoded,
+scaled and resized once, not every epoch or round. Training's augmentation is not here:
+it runs on whole batches on the training device (src/data/augmentation.py).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from monai.transforms import (
@@ -17,7 +14,6 @@ from monai.transforms import (
     EnsureChannelFirstd,
     EnsureTyped,
     MapTransform,
-    RandAffined,
     Resized,
     ScaleIntensityRangePercentilesd,
     SpatialPadd,
@@ -53,29 +49,9 @@ def preprocessing(image_size: int) -> list:
     ]
 
 
-def augmentation() -> list:
-    """Small geometric jitter, as positioning differs between patients and sites."""
-    return [
-        RandAffined(
-            keys="image",
-            prob=0.8,
-            rotate_range=math.radians(10),
-            scale_range=(0.1, 0.1),
-            shear_range=(0.05, 0.05),
-            padding_mode="zeros",
-        )
-    ]
-
-
-def _to_tensor() -> EnsureTyped:
-    return EnsureTyped(keys="image", dtype=torch.float32, track_meta=False)
-
-
-def train_transforms(image_size: int) -> Compose:
+def radiograph_transforms(image_size: int) -> Compose:
+    """The dataset's transforms, for training and evaluation alike."""
     # the cache key's file stamp (a str) goes: under DP, Opacus' Poisson sampling can draw an empty
     # batch, which it builds from each field's type and cannot build for a str
-    return Compose(preprocessing(image_size) + augmentation() + [_to_tensor(), DeleteItemsd(keys="stamp")])
-
-
-def eval_transforms(image_size: int) -> Compose:
-    return Compose(preprocessing(image_size) + [_to_tensor()])
+    return Compose(preprocessing(image_size) + [EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
+                                                DeleteItemsd(keys="stamp")])

@@ -56,7 +56,7 @@ def raw_features(front_end, samples: list[Sample], data_cfg, cache_dir: Path | N
 
     features, labels = [], []
     front_end.to(device).eval()
-    for batch in DataLoader(make_dataset(samples, data_cfg, train=False), batch_size=64, num_workers=0):
+    for batch in DataLoader(make_dataset(samples, data_cfg), batch_size=64, num_workers=0):
         features.append(front_end.raw(batch["image"].to(device)).cpu())
         labels.append(torch.as_tensor(batch["label"]))
     features = torch.cat(features) if features else torch.zeros(0, front_end.raw_features)

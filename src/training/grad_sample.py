@@ -12,8 +12,10 @@ closed form 2.0× (the rest is the clipping and noise of Opacus' `DPOptimizer`, 
 keeps); through a hospital's loader, 1.5–1.8× and 1.1–1.5× (bench/dp_overhead.py).
 
 `auto` picks per module and device, from bench/dp_overhead.py: `linear` for a linear
-head; `ghost` on CUDA (the fastest Opacus mode for ResNet-18, MobileNetV2 and
-DenseNet-121 at 224 px on an H200); `hooks` on the CPU (the fastest for every CNN here).
+head; `ghost` on CUDA (on an H200 at 224 px, batch 32: 5.5× a plain step for MobileNetV2
+against hooks' 5.9×, level with hooks for ResNet-18 and DenseNet-121 at 4.4× and 6.2×,
+and with less memory for ResNet-18; functorch slowest); `hooks` on the CPU (the fastest
+for every CNN here).
 """
 
 from __future__ import annotations

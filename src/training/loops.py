@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 
+from src.data.augmentation import BatchAugmentation
 from src.data.layouts import Sample
 from src.models.features import raw_features
 from src.models.grouped_conv import register_opacus_sampler
@@ -30,17 +31,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_loader(samples: list[Sample], data_cfg, train: bool, batch_size: int, seed: int):
-    """A MONAI DataLoader; num_workers=0: worker processes inside Flower's ClientApp and Ray actors are fragile."""
+def make_loader(samples: list[Sample], data_cfg, train: bool, batch_size: int, seed: int, device="cpu",
+                num_workers: int = 0):
+    """A MONAI DataLoader of cached, un-augmented images (training augments whole batches on the device:
+    `BatchAugmentation`), for training held in memory as far as `data.memory_cache_mb` allows; pinned
+    memory for a CUDA device. `num_workers` loader processes: 0 inside Flower's simulation (Ray
+    actors) and the hospital's worker, where forked processes are fragile."""
     from monai.data import DataLoader
 
-    from src.data.dataset import make_dataset
+    from src.data.dataset import in_memory, make_dataset
 
-    generator = torch.Generator().manual_seed(seed)
-    dataset = make_dataset(samples, data_cfg, train=train)
-    if train:
-        dataset.transform.set_random_state(seed=seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=0, generator=generator)
+    dataset = make_dataset(samples, data_cfg)
+    if train:  # read every epoch; an evaluation reads each image once
+        dataset = in_memory(dataset, data_cfg)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed),
+                      pin_memory=torch.device(device).type == "cuda")
 
 
 class _Features(torch.utils.data.Dataset):
@@ -56,24 +62,35 @@ class _Features(torch.utils.data.Dataset):
         return {"image": self.features[i], "label": self.labels[i]}
 
 
+class TrainingView(NamedTuple):
+    """What a hospital trains (`module`), on what (`loader`), and the augmentation `train_epochs` applies
+    to each batch on the device (None: features are not augmented)."""
+
+    module: torch.nn.Module
+    loader: torch.utils.data.DataLoader
+    augment: BatchAugmentation | None
+
+
 def local_training_view(model, samples: list[Sample], data_cfg, batch_size: int, seed: int, device,
-                        cache_dir: Path | None = None):
-    """(module to train, loader to train it on).
+                        cache_dir: Path | None = None, num_workers: int = 0) -> TrainingView:
+    """What to train, and on what.
 
     A model with a fixed front end (`front_end`, no trainable parameters) trains only
     its `head`, on the front end's features of the un-augmented images (cached in
     `cache_dir`): recomputing a fixed transform every step would only cost time, and
     under DP the head's gradients are all that is clipped and noised. Any other model
-    trains whole, on augmented images.
+    trains whole, on images augmented batch by batch on the device.
     """
     front_end = getattr(model, "front_end", None)
     if front_end is None:
-        return model, make_loader(samples, data_cfg, True, batch_size, seed)
+        return TrainingView(model, make_loader(samples, data_cfg, True, batch_size, seed, device, num_workers),
+                            BatchAugmentation(seed))
     raw, labels = raw_features(front_end, samples, data_cfg, cache_dir, device)
     with torch.no_grad():
         features = front_end.project(raw.to(device)).cpu()
-    return model.head, torch.utils.data.DataLoader(_Features(features, labels), batch_size=batch_size, shuffle=True,
-                                                   generator=torch.Generator().manual_seed(seed))
+    loader = torch.utils.data.DataLoader(_Features(features, labels), batch_size=batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    return TrainingView(model.head, loader, None)
 
 
 @torch.no_grad()
@@ -106,7 +123,7 @@ def secret_generator(device) -> torch.Generator:
 
 def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: float = 0.0,
                  dp: Plan | None = None, grad_sample_mode: str = "auto", optimizer: str = "adam",
-                 momentum: float = 0.0) -> tuple[float, int]:
+                 momentum: float = 0.0, augment: BatchAugmentation | None = None) -> tuple[float, int]:
     """`epochs` epochs of Adam or SGD (with `momentum`), fresh each call; returns the last epoch's mean
     loss and the optimizer steps taken.
 
@@ -117,7 +134,8 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
     `proximal_mu` > 0, FedProx's pull towards the global weights w_g, applied as a
     decoupled step w -= lr·mu·(w - w_g) after each optimizer step: a function of the
     weights alone, so under DP it is post-processing and costs no privacy (as a loss
-    term its gradient would be dropped by Opacus' per-sample clipping).
+    term its gradient would be dropped by Opacus' per-sample clipping). `augment` jitters
+    each batch on the device (each image by its own draw, so DP's per-sample view holds).
     """
     model.to(device).train()
     if optimizer == "adam":
@@ -153,8 +171,10 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
     for _ in range(epochs):
         total, n = 0.0, 0
         for batch in loader:
-            images, labels = _images_and_labels(batch, loader.dataset)
-            images, labels = images.to(device), labels.to(device)
+            images, labels = _images_and_labels(batch, loader)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if augment is not None:
+                images = augment(images)
             optimizer.zero_grad()
             if mode == "linear":
                 loss = linear_cross_entropy(net, images, labels)
@@ -177,12 +197,12 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
     return last, steps
 
 
-def _images_and_labels(batch, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+def _images_and_labels(batch, loader) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch's tensors. Opacus' Poisson loader answers an empty *first* batch with a list instead of the
     dataset's structure (opacus/data_loader.py, CollateFnWithEmpty): that is a batch of zero images."""
     if isinstance(batch, dict):
         return batch["image"], torch.as_tensor(batch["label"])
-    return torch.zeros((0, *dataset[0]["image"].shape)), torch.zeros(0, dtype=torch.long)
+    return torch.zeros((0, *loader.dataset[0]["image"].shape)), torch.zeros(0, dtype=torch.long)
 
 
 @torch.no_grad()

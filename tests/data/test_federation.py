@@ -135,7 +135,7 @@ def test_decoded_images_are_cached_not_decoded_again(tmp_path, config, monkeypat
     monkeypatch.setattr("src.data.transforms.load_image", no_decoding)
     from src.data.dataset import make_dataset
 
-    images = [make_dataset(fed.samples, cfg.data, train=True)[i]["image"] for i in range(4)]
+    images = [make_dataset(fed.samples, cfg.data)[i]["image"] for i in range(4)]
     assert all(tuple(im.shape) == (1, 32, 32) for im in images)
 
 

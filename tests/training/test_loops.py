@@ -31,7 +31,7 @@ def test_an_empty_poisson_batch_can_be_built_from_a_training_batch(samples):
 
     root, items = samples
     cfg = compose_config([f"data.cache_dir={root / 'cache'}", "data.image_size=32"])
-    dataset = make_dataset(items[:2], cfg.data, train=True)
+    dataset = make_dataset(items[:2], cfg.data)
     collate = CollateFnWithEmpty(default_collate)
     collate([dataset[0], dataset[1]])
     empty = collate([])
@@ -84,3 +84,19 @@ def test_dp_noise_and_sampling_are_secret_and_fresh_on_every_attempt(samples, mo
     first, retried, other = (d[0] for d in drawn)
     assert first.shape == retried.shape and not torch.equal(first, retried)
     assert not torch.equal(first, other)
+
+
+@pytest.mark.parametrize("budget_images", [12, 5])
+def test_a_training_loader_holds_what_fits_its_memory_budget_and_serves_the_disk_cache_images(samples,
+                                                                                             budget_images):
+    """Training reads the hospital's images from memory (as many as `data.memory_cache_mb` holds; the rest
+    from the disk cache), un-augmented: exactly the images evaluation reads."""
+    root, items = samples
+    megabytes = budget_images * 4 * 32 * 32 / 2**20
+    cfg = compose_config([f"data.cache_dir={root / 'cache'}", "data.image_size=32",
+                          f"data.memory_cache_mb={megabytes}"])
+    training = make_loader(items, cfg.data, True, 4, 0).dataset
+    assert training.cache_num == min(budget_images, len(items))
+    on_disk = make_dataset(items, cfg.data)
+    for i in range(len(items)):
+        assert torch.equal(training[i]["image"], on_disk[i]["image"]) and training[i]["label"] == items[i].label

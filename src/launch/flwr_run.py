@@ -64,7 +64,8 @@ def stage_app(app_dir: Path, parent: Path) -> Path:
 
     `flwr run <dir>` walks and resolves every file under `<dir>` before it filters them
     into the app bundle: in a checkout with its virtual environment and data that is
-    ~80,000 files and 6 s of CPU per run. The copy holds only what the bundle can contain."""
+    ~80,000 files: a `flwr run` process took 8.1 s of CPU there, ~1.4 s on the copy. The copy
+    holds only what the bundle can contain."""
     ignore = app_dir / ".gitignore"
     ignored = pathspec.GitIgnoreSpec.from_lines(ignore.read_text().splitlines() if ignore.exists() else [])
     staged = parent / "app"

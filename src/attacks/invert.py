@@ -94,9 +94,9 @@ class Target:
                                       steps=int(fed.local_epochs) * max(1, -(-len(self.labels[self.hospital])
                                                                               // int(fed.batch_size))))
 
-    def null_features(self, n: int) -> np.ndarray:
+    def null_features(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """n other patients' features (public images): reconstructions without information on anyone here."""
-        pick = np.random.default_rng(0).choice(len(self.prior_features), n, replace=n > len(self.prior_features))
+        pick = rng.choice(len(self.prior_features), n, replace=n > len(self.prior_features))
         return self.prior_features[pick].numpy()
 
     @staticmethod
@@ -155,12 +155,15 @@ def scored(target: Target, features: np.ndarray, truth: list[int], site: list[in
     were not in the update: what the pairing alone gains with these reconstructions) and information-free
     reconstructions (other patients' features: the null, also for re-identification's base rate)."""
     result = score(target, features, truth, site, members, pixels, refine)
+    # the controls' draws are seeded by the images scored: reproducible, and each of several one-image
+    # attacks gets outsiders and null images of its own rather than the same ones every time
+    rng = np.random.default_rng([int(t) for t in truth])
     outside = sorted(set(site) - set(members))
     if outside:
-        pick = np.random.default_rng(0).choice(len(outside), min(len(truth), len(outside)), replace=False)
+        pick = rng.choice(len(outside), min(len(truth), len(outside)), replace=False)
         outsiders = score(target, features, [outside[i] for i in sorted(pick)], site, members, pixels, refine)
         result["outsiders"] = {k: outsiders[k] for k in ("psnr_gain", "ssim_gain")}
-    null = score(target, target.null_features(len(features)), truth, site, members, pixels, refine)
+    null = score(target, target.null_features(len(features), rng), truth, site, members, pixels, refine)
     result["null"] = {k: null[k] for k in ("psnr_gain", "ssim_gain", "reidentification", "feature_reidentification",
                                            "feature_cosine")}
     return result

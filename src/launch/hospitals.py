@@ -11,6 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
@@ -18,7 +19,7 @@ from src.data.check import decode_all, report
 from src.data.dataset import cache_dir
 from src.data.federation import Federation, build_federation
 from src.launch.configs import Hospital
-from src.models.features import features_file, raw_features
+from src.models.features import features_file, raw_features, save_features
 from src.models.initial import FILE as INITIAL_MODEL, load_initial_model
 from src.secagg.identity import new_identity_key, write_roster
 
@@ -95,16 +96,31 @@ def cache_front_end_features(cfg: DictConfig, federation: Federation, run_dir: P
     The launcher already decodes every hospital's images on this machine (each hospital's own preparation,
     as `fedcxr-check`); computing their fixed features here too spares every process of the federation
     importing MONAI (~6 s of CPU) and decoding again. They are computed once into the data cache, beside
-    the decoded images, and copied into each run. A hospital on a machine of its own computes them on
-    its first message instead (the same cache, src/models/features.py)."""
+    the decoded images, and copied into each run; the pooled test set's are the hospitals' test rows. A
+    hospital on a machine of its own computes them on its first message instead (the same cache,
+    src/models/features.py)."""
     front_end = getattr(load_initial_model(cfg, len(federation.classes), run_dir), "front_end", None)
     if front_end is None:
         return
     computed = cache_dir(cfg.data) / "front-end-features"
-    sets = [(federation.only(name).select(split=split), run_dir / "hospitals" / "features")
-            for name in federation.hospitals for split in ("train", "test")]
-    for samples, where in [*sets, (federation.select(split="test"), run_dir / "features")]:
-        raw_features(front_end, samples, cfg.data, computed)
+
+    def copy(samples, where: Path) -> None:
         source = features_file(front_end, samples, cfg.data, computed)
         where.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, where / source.name)
+
+    rows = {}  # test image -> (features, label): the pooled test set is the hospitals' test sets
+    for name in federation.hospitals:
+        for split in ("train", "test"):
+            samples = federation.only(name).select(split=split)
+            features, labels = raw_features(front_end, samples, cfg.data, computed)
+            copy(samples, run_dir / "hospitals" / "features")
+            if split == "test":
+                rows.update({s.path: (f, label) for s, f, label in zip(samples, features, labels)})
+    pooled = federation.select(split="test")
+    if not pooled:
+        raw_features(front_end, pooled, cfg.data, computed)  # an empty set's file
+    elif not features_file(front_end, pooled, cfg.data, computed).exists():  # the hospitals' rows, not computed again
+        save_features(features_file(front_end, pooled, cfg.data, computed),
+                      torch.stack([rows[s.path][0] for s in pooled]), torch.stack([rows[s.path][1] for s in pooled]))
+    copy(pooled, run_dir / "features")

@@ -62,8 +62,13 @@ def raw_features(front_end, samples: list[Sample], data_cfg, cache_dir: Path | N
     features = torch.cat(features) if features else torch.zeros(0, front_end.raw_features)
     labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two launches sharing a data cache may both write
-        torch.save({"features": features, "labels": labels}, tmp)
-        tmp.replace(path)
+        save_features(path, features, labels)
     return features, labels
+
+
+def save_features(path: Path, features: torch.Tensor, labels: torch.Tensor) -> None:
+    """Write a set's raw features where `features_file` names them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two launches sharing a data cache may both write
+    torch.save({"features": features, "labels": labels}, tmp)
+    tmp.replace(path)

@@ -1,0 +1,39 @@
+"""What the launcher prepares for the hospitals and the server from the data it decodes."""
+
+from __future__ import annotations
+
+import torch
+
+from src.config import compose_config
+from src.data.federation import build_federation
+from src.data.synthetic import generate
+from src.launch.hospitals import cache_front_end_features
+from src.models.features import features_file, raw_features
+from src.models.initial import load_initial_model, save_initial_model
+
+
+def test_the_pooled_test_features_are_the_hospitals_test_rows_in_the_pooled_order(tmp_path, monkeypatch):
+    """The server's pooled test features are assembled from the hospitals' test features, not computed
+    again, and equal what computing them would give, row for row."""
+    generate(tmp_path / "archive", hospitals=2, images_per_hospital=20, seed=0)
+    cfg = compose_config(["data=folder", f"data.root={tmp_path / 'archive'}", f"data.cache_dir={tmp_path / 'cache'}",
+                          "data.image_size=32", f"reference.root={tmp_path / 'public'}", "reference.images=60",
+                          "model.components=8"])
+    federation = build_federation(cfg.data, 2, cfg.seed)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_initial_model(cfg, len(federation.classes), run_dir)
+    computed_sets = []
+    monkeypatch.setattr("src.launch.hospitals.raw_features",
+                        lambda front_end, samples, *a: computed_sets.append(samples) or raw_features(front_end, samples, *a))
+    cache_front_end_features(cfg, federation, run_dir)
+
+    pooled = federation.select(split="test")
+    assert pooled not in computed_sets and len(computed_sets) == 4  # each hospital's train and test sets
+    front_end = load_initial_model(cfg, len(federation.classes), run_dir).front_end
+    saved = torch.load(run_dir / "features" / features_file(front_end, pooled, cfg.data, run_dir).name,
+                       weights_only=True)
+    computed, labels = raw_features(front_end, pooled, cfg.data, None)
+    assert len(pooled) > 0 and {s.hospital for s in pooled} == set(federation.hospitals)
+    torch.testing.assert_close(saved["features"], computed)
+    assert torch.equal(saved["labels"], labels)

@@ -51,6 +51,9 @@ from src.training.privacy import plan
 
 SCENARIOS = ("gradient-1", "update", "update-dp", "secure-aggregate")
 CURVE_IMAGES = (1, 4, 16, 64)
+# what each control's row reports: the outsiders only the pairing's gains, the null also re-identification
+CONTROLS = {"outsiders": ("psnr_gain", "ssim_gain"),
+            "null": ("psnr_gain", "ssim_gain", "reidentification", "feature_reidentification", "feature_cosine")}
 
 
 class Target:
@@ -153,7 +156,8 @@ def scored(target: Target, features: np.ndarray, truth: list[int], site: list[in
     `site`'s patients of whom `members` were in the update; beside two controls that share the pairing's
     look at the truth — the same reconstructions paired with as many `outsiders` (patients of the site who
     were not in the update: what the pairing alone gains with these reconstructions) and information-free
-    reconstructions (other patients' features: the null, also for re-identification's base rate)."""
+    reconstructions (other patients' features: the null, also for re-identification's base rate). A
+    control measures only what its row reports (`CONTROLS`)."""
     result = score(target, features, truth, site, members, pixels, refine)
     # the controls' draws are seeded by the images scored: reproducible, and each of several one-image
     # attacks gets outsiders and null images of its own rather than the same ones every time
@@ -161,18 +165,20 @@ def scored(target: Target, features: np.ndarray, truth: list[int], site: list[in
     outside = sorted(set(site) - set(members))
     if outside:
         pick = rng.choice(len(outside), min(len(truth), len(outside)), replace=False)
-        outsiders = score(target, features, [outside[i] for i in sorted(pick)], site, members, pixels, refine)
-        result["outsiders"] = {k: outsiders[k] for k in ("psnr_gain", "ssim_gain")}
-    null = score(target, target.null_features(len(features), rng), truth, site, members, pixels, refine)
-    result["null"] = {k: null[k] for k in ("psnr_gain", "ssim_gain", "reidentification", "feature_reidentification",
-                                           "feature_cosine")}
+        outsiders = score(target, features, [outside[i] for i in sorted(pick)], site, members, pixels, refine,
+                          control=True, reidentify=False)
+        result["outsiders"] = {k: outsiders[k] for k in CONTROLS["outsiders"]}
+    null = score(target, target.null_features(len(features), rng), truth, site, members, pixels, refine,
+                 control=True)
+    result["null"] = {k: null[k] for k in CONTROLS["null"]}
     return result
 
 
 def score(target: Target, features: np.ndarray, truth: list[int], site: list[int], members: list[int],
-          pixels: int, refine: int) -> dict:
+          pixels: int, refine: int, control: bool = False, reidentify: bool = True) -> dict:
     """Pair reconstructions and true images one-to-one by their features (scoring only: it sees the truth),
-    take the pairs of the first `pixels` true images to pixels, measure them."""
+    take the pairs of the first `pixels` true images to pixels, measure them; a `control` skips the
+    true images' comparison with every other patient, and `reidentify=False` the naming of patients."""
     truth_features = target.gallery_features[truth].numpy()
     distance = ((features[:, None, :] - truth_features[None]) ** 2).sum(-1)
     rows, cols = linear_sum_assignment(distance)  # every true image paired when there are more reconstructions
@@ -181,11 +187,13 @@ def score(target: Target, features: np.ndarray, truth: list[int], site: list[int
     images = to_pixels(target, features[chosen], refine)
     position = {patient: i for i, patient in enumerate(site)}
     in_site = [position[m] for m in members]
-    result = leakage(images, target.gallery[true], target.gallery[site], in_site, target.others)
+    result = leakage(images, target.gallery[true], target.gallery[site] if reidentify else None, in_site,
+                     target.others, best_other=not control)
     cosine = (features[rows] * truth_features[cols]).sum(1) / (
         np.linalg.norm(features[rows], axis=1) * np.linalg.norm(truth_features[cols], axis=1) + 1e-12)
-    result.update({"images": len(truth), "measured_in_pixels": len(chosen), "feature_cosine": float(cosine.mean()),
-                   "feature_reidentification": feature_reidentification(target, features[chosen], site, in_site)})
+    result.update({"images": len(truth), "measured_in_pixels": len(chosen), "feature_cosine": float(cosine.mean())})
+    if reidentify:
+        result["feature_reidentification"] = feature_reidentification(target, features[chosen], site, in_site)
     result["_montage"] = (target.gallery[true], images)
     return result
 
@@ -266,7 +274,7 @@ def merge(trials: list[dict]) -> dict:
                 "best_other_ssim", "psnr_gain", "ssim_gain", "reidentification", "feature_reidentification",
                 "feature_cosine", "label_accuracy"):
         merged[key] = float(np.mean([t[key] for t in trials]))
-    for control in ("null", "outsiders"):
+    for control in CONTROLS:
         merged[control] = {k: float(np.mean([t[control][k] for t in trials])) for k in trials[0][control]}
     merged["_montage"] = tuple(torch.cat([t["_montage"][i] for t in trials]) for i in range(2))
     return merged

@@ -54,12 +54,13 @@ def reidentify(similarity: np.ndarray, members: list[int]) -> tuple[float, np.nd
     return len(set(named[in_update].tolist())) / len(similarity), in_update
 
 
-def leakage(reconstructions: torch.Tensor, truth: torch.Tensor, gallery: torch.Tensor, members: list[int],
-            others: torch.Tensor) -> dict:
+def leakage(reconstructions: torch.Tensor, truth: torch.Tensor, gallery: torch.Tensor | None, members: list[int],
+            others: torch.Tensor, best_other: bool = True) -> dict:
     """Measures of n reconstructions against the n true images (n, 1, S, S), all in [0, 1].
 
-    gallery: the patients a re-identification names among, the update's at positions `members`;
-    others: images of other patients (the baselines)."""
+    gallery: the patients a re-identification names among, the update's at positions `members`
+    (None: no re-identification); others: images of other patients (the baselines; `best_other`
+    also compares every true image with each of them, the costliest measure with re-identification)."""
     n = len(truth)
     ssim = ssim_matrix(reconstructions, truth)
     rows, cols = linear_sum_assignment(-ssim)
@@ -70,21 +71,25 @@ def leakage(reconstructions: torch.Tensor, truth: torch.Tensor, gallery: torch.T
     mean_image = others.mean(0, keepdim=True).expand_as(truth)
     base_psnr = _PSNR(mean_image, truth).flatten().numpy()
     base_ssim = _SSIM(mean_image, truth).flatten().numpy()
-    best_other_psnr = psnr_matrix(truth, others).max(1)
-    best_other_ssim = ssim_matrix(truth, others).max(1)
-    reidentification, in_update = reidentify(ssim_matrix(reconstructions, gallery), members)
-    return {
+    result = {
         "images": n, "psnr": float(psnr.mean()), "ssim": float(pssim.mean()), "mse": float(mse.mean()),
         "best_match_ssim": float(ssim.max(1).mean()),
         "baseline_psnr": float(base_psnr.mean()), "baseline_ssim": float(base_ssim.mean()),
-        "best_other_psnr": float(best_other_psnr.mean()), "best_other_ssim": float(best_other_ssim.mean()),
         "psnr_gain": float(psnr.mean() - base_psnr.mean()), "ssim_gain": float(pssim.mean() - base_ssim.mean()),
-        "reidentification": reidentification,
-        "chance": chance_of_naming(len(set(members)), len(gallery), n), "gallery": len(gallery),
         "per_image": {"psnr": psnr.tolist(), "ssim": pssim.tolist(), "mse": mse.tolist(),
-                      "baseline_psnr": base_psnr.tolist(), "baseline_ssim": base_ssim.tolist(),
-                      "best_other_psnr": best_other_psnr.tolist(), "names_a_member": in_update.tolist()},
+                      "baseline_psnr": base_psnr.tolist(), "baseline_ssim": base_ssim.tolist()},
     }
+    if best_other:
+        best_other_psnr = psnr_matrix(truth, others).max(1)
+        result.update({"best_other_psnr": float(best_other_psnr.mean()),
+                       "best_other_ssim": float(ssim_matrix(truth, others).max(1).mean())})
+        result["per_image"]["best_other_psnr"] = best_other_psnr.tolist()
+    if gallery is not None:
+        reidentification, in_update = reidentify(ssim_matrix(reconstructions, gallery), members)
+        result.update({"reidentification": reidentification, "gallery": len(gallery),
+                       "chance": chance_of_naming(len(set(members)), len(gallery), n)})
+        result["per_image"]["names_a_member"] = in_update.tolist()
+    return result
 
 
 def label_accuracy(recovered: list[int], true: list[int]) -> float:

@@ -36,6 +36,18 @@ def test_reidentification_does_not_pair_with_the_truth():
     assert r["per_image"]["names_a_member"] == [False] * 4
 
 
+def test_a_control_measured_without_reidentification_or_best_others_has_the_same_gains():
+    """The audit's controls skip the costliest measures, which their rows do not report; what they
+    report is what the full measurement gives."""
+    truth, others = _images(4, 0), _images(10, 1)
+    noisy = (truth + 0.05 * torch.randn_like(truth, generator=torch.Generator().manual_seed(4))).clamp(0, 1)
+    full = leakage(noisy, truth, torch.cat([_images(6, 2), truth]), [6, 7, 8, 9], others)
+    control = leakage(noisy, truth, None, [], others, best_other=False)
+    assert {k: control[k] for k in ("psnr_gain", "ssim_gain", "psnr", "ssim")} == {
+        k: full[k] for k in ("psnr_gain", "ssim_gain", "psnr", "ssim")}
+    assert not {"reidentification", "best_other_psnr"} & set(control)
+
+
 def test_chance_is_naming_patients_at_random():
     rng = np.random.default_rng(0)
     draws = [len(set(rng.integers(0, 50, 8)) & set(range(10))) / 8 for _ in range(20000)]

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.nn.functional import conv2d
 from monai.metrics import PSNRMetric, SSIMMetric
+from monai.metrics.regression import _gaussian_kernel  # the window SSIMMetric uses
 from scipy.optimize import linear_sum_assignment
 
 _PSNR = PSNRMetric(max_val=1.0, reduction="none")
@@ -33,8 +35,26 @@ def _pairwise(metric, a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return np.stack(rows)
 
 
+@torch.no_grad()
 def ssim_matrix(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    return _pairwise(_SSIM, a, b)
+    """MONAI's SSIM (`_SSIM`: its Gaussian window, constants and mean over the valid region) of every pair,
+    (len(a), len(b)).
+
+    Written out rather than `_pairwise(_SSIM, ...)`: MONAI filters both images of a pair every time (five
+    convolutions a pair), and the audit's scoring was 97% SSIM matrices. Here each image's local mean
+    and variance are filtered once and only the cross term per pair; tested equal to MONAI's."""
+    kernel = _gaussian_kernel(2, 1, _SSIM.kernel_size, _SSIM.kernel_sigma)
+    c1, c2 = (_SSIM.k1 * _SSIM.data_range) ** 2, (_SSIM.k2 * _SSIM.data_range) ** 2
+    a, b = a.float(), b.float()
+    mu_a, mu_b = conv2d(a, kernel), conv2d(b, kernel)
+    var_a, var_b = conv2d(a * a, kernel) - mu_a**2, conv2d(b * b, kernel) - mu_b**2
+    rows = []
+    for i in range(len(a)):
+        mu, var = mu_a[i:i + 1], var_a[i:i + 1]
+        covariance = conv2d(a[i:i + 1] * b, kernel) - mu * mu_b
+        ssim = (2 * mu * mu_b + c1) / (mu**2 + mu_b**2 + c1) * (2 * covariance + c2) / (var + var_b + c2)
+        rows.append(ssim.flatten(1).mean(1).numpy())
+    return np.stack(rows) if rows else np.zeros((0, len(b)))
 
 
 def psnr_matrix(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:

@@ -99,7 +99,7 @@ def predict_samples(model, samples: list[Sample], data_cfg, batch_size: int, dev
     """Labels and softmax probabilities of `samples` (through cached features for a fixed front end)."""
     front_end = getattr(model, "front_end", None)
     if front_end is None:
-        return predict(model, make_loader(samples, data_cfg, False, batch_size, 0), device)
+        return predict(model, make_loader(samples, data_cfg, False, batch_size, 0, device), device)
     raw, labels = raw_features(front_end, samples, data_cfg, cache_dir, device)
     model.to(device).eval()
     logits = model.head(front_end.project(raw.to(device)))

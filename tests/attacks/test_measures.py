@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from src.attacks.invert import markdown, verdict, write_section
-from src.attacks.measures import chance_of_naming, label_accuracy, leakage
+from src.attacks.measures import chance_of_naming, label_accuracy, leakage, ssim_matrix
 
 
 def _images(n: int, seed: int) -> torch.Tensor:
@@ -46,6 +46,14 @@ def test_a_control_measured_without_reidentification_or_best_others_has_the_same
     assert {k: control[k] for k in ("psnr_gain", "ssim_gain", "psnr", "ssim")} == {
         k: full[k] for k in ("psnr_gain", "ssim_gain", "psnr", "ssim")}
     assert not {"reidentification", "best_other_psnr"} & set(control)
+
+
+def test_the_ssim_matrix_is_monais_ssim_of_every_pair():
+    from src.attacks.measures import _SSIM
+
+    a, b = _images(3, 5), _images(4, 6)
+    expected = [[float(_SSIM(x[None], y[None])) for y in b] for x in a]
+    np.testing.assert_allclose(ssim_matrix(a, b), expected, atol=1e-6)
 
 
 def test_chance_is_naming_patients_at_random():

@@ -48,7 +48,7 @@ from src.data.federation import Federation
 from src.data.reference import reference_samples
 from src.data.skips import SkipLog
 from src.models.features import raw_features
-from src.predict import decode, load_model
+from src.predict import load_model
 from src.training.loops import _Features, resolve_device, train_epochs
 from src.training.privacy import plan
 
@@ -76,23 +76,21 @@ class Target:
         # server knows which hospital sent an update, so a hospital's update is scored among that hospital's
         # patients (`self.patients[h]`), the aggregate among everyone's; each hospital's training images
         # (what its updates are made of) are at `self.members[h]`, in training order
-        readable = [(s, x) for s in split.samples if (x := decode(Path(s.path), size)) is not None]
-        self.gallery = torch.stack([x for _, x in readable])
-        self.patients = {h: [i for i, (s, _) in enumerate(readable) if s.hospital == h] for h in split.hospitals}
-        self.members = {h: [i for i, (s, _) in enumerate(readable) if s.hospital == h and s.split == "train"]
+        readable, self.gallery, self.gallery_features = self._cached(split.samples, size, "front-end-features")
+        self.patients = {h: [i for i, s in enumerate(readable) if s.hospital == h] for h in split.hospitals}
+        self.members = {h: [i for i, s in enumerate(readable) if s.hospital == h and s.split == "train"]
                         for h in split.hospitals}
-        self.labels = {h: torch.tensor([readable[i][0].label for i in idx]) for h, idx in self.members.items()}
-        self.others, reference = self._public(reference_samples(self.cfg.reference), size)  # no hospital's patients
-        with torch.no_grad():
-            self.gallery_features = self.model.front_end(self.gallery).double()
-            self.features = {h: self.gallery_features[idx] for h, idx in self.members.items()}
-            self.mean_prediction = torch.softmax(reference @ self.weight.T + self.bias, 1).mean(0).numpy()
-            # the attacker's prior: public images only (the generator under a seed of its own, as an attacker
-            # would gather an open chest X-ray set), a larger set than the reference statistics need
-            prior, self.prior_features = self._public(reference_samples(OmegaConf.create({
-                "root": f"{self.cfg.reference.root}_attack_prior_{prior_images}", "images": prior_images,
-                "seed": int(self.cfg.reference.seed) + 1})), size)
-            self.decoder = Decoder(self.prior_features, prior)
+        self.labels = {h: torch.tensor([readable[i].label for i in idx]) for h, idx in self.members.items()}
+        self.features = {h: self.gallery_features[idx] for h, idx in self.members.items()}
+        # no hospital's patients: the public reference set
+        _, self.others, reference = self._cached(reference_samples(self.cfg.reference), size, "reference-features")
+        self.mean_prediction = torch.softmax(reference @ self.weight.T + self.bias, 1).mean(0).numpy()
+        # the attacker's prior: public images only (the generator under a seed of its own, as an attacker
+        # would gather an open chest X-ray set), a larger set than the reference statistics need
+        _, prior, self.prior_features = self._cached(reference_samples(OmegaConf.create({
+            "root": f"{self.cfg.reference.root}_attack_prior_{prior_images}", "images": prior_images,
+            "seed": int(self.cfg.reference.seed) + 1})), size, "reference-features")
+        self.decoder = Decoder(self.prior_features, prior)
         fed = self.cfg.federation
         self.training = LocalTraining(lr=float(fed.lr), momentum=float(fed.momentum),
                                       steps=int(fed.local_epochs) * max(1, -(-len(self.labels[self.hospital])
@@ -103,17 +101,17 @@ class Target:
         pick = rng.choice(len(self.prior_features), n, replace=n > len(self.prior_features))
         return self.prior_features[pick].numpy()
 
-    def _public(self, samples, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Public images (the reference set, the attacker's prior) and the model's features of them.
-
-        Decoded through the data cache and their raw front-end features cached beside it: the same
-        for every audit of every run (the launcher has already cached the reference set's), so
-        decoded and computed once instead of ~60 s of every audit."""
+    @torch.no_grad()
+    def _cached(self, samples, size: int, features: str) -> tuple[list, torch.Tensor, torch.Tensor]:
+        """The usable `samples`, their images and the model's features of them, through the data cache
+        (the launcher decoded the hospitals' images and the reference set into it) and raw front-end
+        features cached beside it, in `features`: decoded and computed once, not ~80 s of every audit.
+        A file that cannot be decoded is skipped and named, as the launcher skips it."""
         data_cfg = OmegaConf.create({"image_size": size, "cache_dir": str(self.cfg.data.cache_dir)})
         usable = prepare(samples, data_cfg, SkipLog())
         dataset = make_dataset(usable, data_cfg)
-        raw, _ = raw_features(self.model.front_end, usable, data_cfg, cache_dir(data_cfg) / "reference-features")
-        return (torch.stack([dataset[i]["image"] for i in range(len(usable))]),
+        raw, _ = raw_features(self.model.front_end, usable, data_cfg, cache_dir(data_cfg) / features)
+        return (usable, torch.stack([dataset[i]["image"] for i in range(len(usable))]),
                 self.model.front_end.project(raw).double())
 
     @property

@@ -4,7 +4,8 @@ ghost; fedcxr's closed form `linear` for a linear head) beside non-private train
 every registered model at the default image size, and which mode `auto` picks.
 
     python bench/dp_overhead.py [--models small_cnn resnet18] [--modes none hooks ghost] [--steps 20]
-                                [--repeats 3] [--device cuda] [--image-size 224] [--batch-size 32] [--out FILE]
+                                [--repeats 3] [--device cuda] [--image-size 224] [--batch-size 32]
+                                [--precision float32 bfloat16] [--out FILE]
 
 Each step is the project's own `src.training.loops.train_epochs` (the model's configured
 optimizer and learning rate, and under DP Opacus' `make_private` with Poisson sampling,
@@ -29,13 +30,15 @@ Timing: one thread (`torch.set_num_threads`; a hospital of the default run on a
 2-core machine gets cpu_count // 3 hospitals = 1), a one-epoch warm-up call of
 `train_epochs`, then `--repeats` timed calls of about `--steps` steps each; the best
 repeat's seconds per step is reported (the least disturbed by other work on the
-machine), every repeat is in the JSON. Each call includes the DP setup (`make_private`, or
-`linear`'s `DPOptimizer`: once per round at a hospital; amortised over the steps). A DP
-mode's process also times the plain step (a copy of the model, warmed up too) before each
-of its repeats, and its ratio is to that plain step: timed in different processes, a
-millisecond step varied by ±20% here, more than the difference being measured. Poisson
-sampling draws a batch of *expected* size 16 (the whole training set for
-`scatter_linear`, at sample rate 1) from `train_epochs`' secret generator, so batches
+machine), every repeat is in the JSON. With `--precision float32 bfloat16` every (model,
+mode) runs in both `federation.precision`s: a DP ratio is to the plain step in its own
+precision, and a bfloat16 row also gives its time per image over the float32 row's (`vs_float32`).
+Each call includes the DP setup (`make_private`, or `linear`'s `DPOptimizer`: once per round
+at a hospital; amortised over the steps). A DP mode's process also times the plain step (a
+copy of the model, warmed up too) before each of its repeats, and its ratio is to that plain
+step: timed in different processes, a millisecond step varied by ±20% here, more than the
+difference being measured. Poisson sampling draws a batch of *expected* size 16 (the whole
+training set for `scatter_linear`, at sample rate 1) from `train_epochs`' secret generator, so batches
 differ between repeats and modes; the table and JSON give the mean batch actually drawn.
 
 Memory: each (model, mode) runs in a fresh subprocess (the plain copy exists before the
@@ -92,7 +95,7 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def worker(model_name: str, mode: str, steps: int, repeats: int, threads: int, device_name: str,
+def worker(model_name: str, mode: str, precision: str, steps: int, repeats: int, threads: int, device_name: str,
            overrides: list[str]) -> dict:
     import torch
     from torch.utils.data import DataLoader, Dataset
@@ -152,10 +155,10 @@ def worker(model_name: str, mode: str, steps: int, repeats: int, threads: int, d
         torch.cuda.reset_peak_memory_stats(device)
         base_bytes = torch.cuda.memory_allocated(device)
     base_kb, hwm_reset = _rss_kb("VmRSS"), _reset_peak_rss()
-    out = {"model": model_name, "mode": mode, "steps": steps, "device": str(device),
+    out = {"model": model_name, "mode": mode, "precision": precision, "steps": steps, "device": str(device),
            "parameters": sum(p.numel() for p in model.parameters()),
            "noise_multiplier": None if dp is None else dp.noise_multiplier, "epochs": epochs,
-           "auto_picks": choose("auto", model, device)}
+           "auto_picks": choose("auto", model, device, precision)}
     seen_warnings: dict[str, int] = {}
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -169,7 +172,7 @@ def worker(model_name: str, mode: str, steps: int, repeats: int, threads: int, d
                     torch.cuda.synchronize(device)
                 start = time.perf_counter()
                 _, taken = train_epochs(net, loader, n_epochs, lr, device, dp=plan_or_none, grad_sample_mode=mode,
-                                        optimizer=optimizer, momentum=momentum)
+                                        optimizer=optimizer, momentum=momentum, precision=precision)
                 if cuda:
                     torch.cuda.synchronize(device)
                 return (time.perf_counter() - start) / taken, data.drawn / taken
@@ -211,9 +214,10 @@ def worker(model_name: str, mode: str, steps: int, repeats: int, threads: int, d
 # --- driver -----------------------------------------------------------------------------
 
 
-def measure(model: str, mode: str, steps: int, args) -> dict:
-    """One (model, mode) in a fresh interpreter, so that its peak memory is its own."""
-    spec = json.dumps({"model_name": model, "mode": mode, "steps": steps, "repeats": args.repeats,
+def measure(model: str, mode: str, precision: str, steps: int, args) -> dict:
+    """One (model, mode, precision) in a fresh interpreter, so that its peak memory is its own."""
+    spec = json.dumps({"model_name": model, "mode": mode, "precision": precision, "steps": steps,
+                       "repeats": args.repeats,
                        "threads": args.threads, "device_name": args.device, "overrides": args.overrides})
     env = os.environ | {k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     start = time.perf_counter()
@@ -223,7 +227,8 @@ def measure(model: str, mode: str, steps: int, args) -> dict:
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):]) | {"process_wall_s": wall}
     tail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-    return {"model": model, "mode": mode, "steps": steps, "error": f"worker died ({proc.returncode}): {tail[:500]}"}
+    return {"model": model, "mode": mode, "precision": precision, "steps": steps,
+            "error": f"worker died ({proc.returncode}): {tail[:500]}"}
 
 
 def machine() -> dict:
@@ -238,17 +243,23 @@ def machine() -> dict:
 
 
 def add_ratios(rows: list[dict]) -> None:
-    plain = {r["model"]: r for r in rows if r["mode"] == "none" and "error" not in r}
+    plain = {(r["model"], r["precision"]): r for r in rows if r["mode"] == "none" and "error" not in r}
+    float32 = {(r["model"], r["mode"]): r for r in rows if r["precision"] == "float32" and "error" not in r}
     for r in rows:
-        base = plain.get(r["model"])
-        if "error" in r or base is None:
+        if "error" in r:
+            continue
+        if r["precision"] != "float32" and (r["model"], r["mode"]) in float32:
+            r["vs_float32"] = r["s_per_image"] / float32[r["model"], r["mode"]]["s_per_image"]
+        base = plain.get((r["model"], r["precision"]))
+        if base is None:
             continue
         r["time_ratio"] = r["s_per_step"] / r.get("plain_s_per_step_here", base["s_per_step"])
         r["memory_ratio"] = r["peak_mb"] / base["peak_mb"] if base["peak_mb"] > 0 else None
 
 
-def verdict(rows: list[dict], default_model: str, default_mode: str) -> dict:
-    """The default model's ratios; `default_mode` `auto` is the mode it picks for that model."""
+def verdict(rows: list[dict], default_model: str, default_mode: str, default_precision: str) -> dict:
+    """The default model's ratios in the default precision; `default_mode` `auto` is the mode it picks for it."""
+    rows = [r for r in rows if r["precision"] == default_precision]
     dp = {r["mode"]: r.get("time_ratio") for r in rows if r["model"] == default_model and r["mode"] != "none"}
     if default_mode == "auto":
         default_mode = next((r["auto_picks"] for r in rows if r["model"] == default_model and "auto_picks" in r),
@@ -275,6 +286,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=None, help="default: the config's data.image_size")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="expected batch of the CNNs (default: the config's federation.batch_size)")
+    parser.add_argument("--precision", nargs="+", default=None, choices=["float32", "bfloat16"],
+                        help="federation.precision, each in turn (default: the config's)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.overrides = ([f"data.image_size={args.image_size}"] if args.image_size else []) + (
@@ -282,43 +295,48 @@ def main() -> None:
     cfg = compose_config(args.overrides)
     args.device = args.device or str(cfg.device)
     default_model, default_mode = str(cfg.model.name), str(cfg.privacy.grad_sample_mode)
+    default_precision = str(cfg.federation.precision)
+    precisions = args.precision or [default_precision]
 
     load_before, start = os.getloadavg(), time.perf_counter()
     rows = []
     for model in args.models:
         steps = args.steps or DEFAULT_STEPS.get(model, 10)
         for mode in args.modes:
-            rows.append(measure(model, mode, steps, args))
-            r = rows[-1]
-            print(f"  {model} {mode}: " + (r["error"] if "error" in r else f"{r['s_per_step']:.3f} s/step"),
-                  file=sys.stderr, flush=True)
+            for precision in precisions:
+                rows.append(measure(model, mode, precision, steps, args))
+                r = rows[-1]
+                print(f"  {model} {mode} {precision}: "
+                      + (r["error"] if "error" in r else f"{r['s_per_step']:.3f} s/step"), file=sys.stderr, flush=True)
     add_ratios(rows)
     report = {
         "settings": {"image_size": int(cfg.data.image_size), "batch_size": int(cfg.federation.batch_size),
                      "threads": args.threads, "device": args.device, "repeats": args.repeats,
-                     "warmup": "one epoch", "statistic": "best repeat's seconds per optimizer step",
+                     "precisions": precisions, "warmup": "one epoch",
+                     "statistic": "best repeat's seconds per optimizer step",
                      "data": "a default hospital's training set, in memory: random 1x64x64 images or features "
                              "(no decoding or augmentation)",
                      "privacy": {k: cfg.privacy[k] for k in ("target_epsilon", "delta", "max_grad_norm")},
                      "optimizer": "each model's configured optimizer and lr (train_epochs)"},
         "machine": machine() | {"load_average_before": load_before, "load_average_after": os.getloadavg()},
         "wall_s": time.perf_counter() - start,
-        "verdict": verdict(rows, default_model, default_mode) if default_model in args.models else None,
+        "verdict": verdict(rows, default_model, default_mode, default_precision)
+        if default_model in args.models and default_precision in precisions else None,
         "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
-    print(f"{'model':13s} {'mode':10s} {'s/step':>8s} {'x time':>7s} {'batch':>6s} {'peak MB':>8s} {'x mem':>6s}")
+    print(f"{'model':13s} {'mode':10s} {'precision':9s} {'s/step':>8s} {'x time':>7s} {'batch':>6s} {'peak MB':>8s} "
+          f"{'x mem':>6s} {'x fp32':>7s}")
     for r in rows:
         if "error" in r:
-            print(f"{r['model']:13s} {r['mode']:10s} error: {r['error']}")
+            print(f"{r['model']:13s} {r['mode']:10s} {r['precision']:9s} error: {r['error']}")
             continue
-        ratio = r.get("time_ratio")
-        mem = r.get("memory_ratio")
-        print(f"{r['model']:13s} {r['mode']:10s} {r['s_per_step']:8.3f} "
+        ratio, mem, fp32 = r.get("time_ratio"), r.get("memory_ratio"), r.get("vs_float32")
+        print(f"{r['model']:13s} {r['mode']:10s} {r['precision']:9s} {r['s_per_step']:8.3f} "
               f"{'' if ratio is None else f'{ratio:6.2f}x':>7s} {r['mean_batch']:6.1f} {r['peak_mb']:8.1f} "
-              f"{'' if mem is None else f'{mem:5.2f}x':>6s}")
+              f"{'' if mem is None else f'{mem:5.2f}x':>6s} {'' if fp32 is None else f'{fp32:6.2f}x':>7s}")
     v = report["verdict"]
     if v is not None:
         ratios = ", ".join(f"{m} {x:.2f}x" if x is not None else f"{m} error" for m, x in v["time_ratios"].items())

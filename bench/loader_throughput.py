@@ -4,10 +4,11 @@ by side.
 
     python bench/loader_throughput.py [--models resnet18 densenet121] [--image-size 224] [--batch-size 32]
                                       [--images 512] [--num-workers 0 4] [--memory-cache-mb 0 2048]
-                                      [--device auto] [--out FILE]
+                                      [--device auto] [--precision bfloat16] [--out FILE]
 
 Both paths run the project's own `train_epochs` (non-private: DP's cost is the same for both
-paths and is bench/dp_overhead.py's subject), each model's configured optimizer and lr:
+paths and is bench/dp_overhead.py's subject), each model's configured optimizer and lr, in
+`--precision` (`federation.precision`; float32 unless given):
 
 - model alone: the cached images stacked once on the device, batches sliced there in a
   shuffled order, no augmentation: the most images per second the model can train on;
@@ -82,7 +83,7 @@ def measure(model_name: str, samples: list[Sample], args, device) -> list[dict]:
     def in_memory_epoch() -> None:
         perm = torch.randperm(len(samples), generator=order).to(device)
         batches = [{"image": images[i], "label": labels[i]} for i in perm.split(args.batch_size)]
-        train_epochs(model, batches, 1, lr, device, optimizer=optimizer)
+        train_epochs(model, batches, 1, lr, device, optimizer=optimizer, precision=args.precision)
 
     model_rate = best_rate(in_memory_epoch, len(samples), args.repeats, device)
     rows = []
@@ -92,7 +93,8 @@ def measure(model_name: str, samples: list[Sample], args, device) -> list[dict]:
         for workers in args.num_workers:
             start = time.perf_counter()
             view = local_training_view(model, samples, data_cfg, args.batch_size, 0, device, num_workers=workers)
-            row = {"model": model_name, "memory_cache_mb": memory_mb, "num_workers": workers,
+            row = {"model": model_name, "precision": args.precision, "memory_cache_mb": memory_mb,
+                   "num_workers": workers,
                    "setup_s": time.perf_counter() - start,  # once a round: fills the memory cache
                    "in_memory": model_rate}
 
@@ -107,7 +109,8 @@ def measure(model_name: str, samples: list[Sample], args, device) -> list[dict]:
             row["loader_only"] = best_rate(loader_only, len(samples), args.repeats, device)
             row["feed_only"] = best_rate(feed_only, len(samples), args.repeats, device)
             row["training"] = best_rate(lambda: train_epochs(view.module, view.loader, 1, lr, device,
-                                                             optimizer=optimizer, augment=view.augment),
+                                                             optimizer=optimizer, augment=view.augment,
+                                                             precision=args.precision),
                                         len(samples), args.repeats, device)
             row["ratio"] = row["training"] / model_rate
             rows.append(row)
@@ -126,6 +129,7 @@ def main() -> None:
                         help="data.memory_cache_mb values (0: every epoch reads the disk cache)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     device = resolve_device(args.device)

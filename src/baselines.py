@@ -47,7 +47,8 @@ def _train(cfg, initial: torch.nn.Module, samples: list[Sample], epochs: int, de
     dp = plan(cfg.privacy, cfg.federation, len(samples)) if cfg.privacy.name == "dp" else None
     train_epochs(view.module, view.loader, epochs, float(cfg.federation.lr), device, dp=dp,
                  grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "auto")),
-                 optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum), augment=view.augment)
+                 optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum), augment=view.augment,
+                 precision=str(cfg.federation.precision))
     return model
 
 

@@ -71,9 +71,11 @@ def validate(cfg: DictConfig) -> None:
     _refuse_failed(checks)
 
     from src.models.registry import MODELS
-    from src.training import grad_sample
+    from src.training import grad_sample, precision
 
-    checks = [(cfg.model.name in MODELS, "model.name", f"one of {sorted(MODELS)}", cfg.model.name)]
+    checks = [(cfg.model.name in MODELS, "model.name", f"one of {sorted(MODELS)}", cfg.model.name),
+              (cfg.federation.precision in precision.PRECISIONS, "federation.precision",
+               " or ".join(precision.PRECISIONS), cfg.federation.precision)]
     if cfg.privacy.name == "dp":
         checks.append((cfg.privacy.grad_sample_mode in grad_sample.MODES, "privacy.grad_sample_mode",
                        ", ".join(grad_sample.MODES), cfg.privacy.grad_sample_mode))
@@ -103,4 +105,4 @@ def _check_opacus_can_train(cfg: DictConfig) -> None:
     if errors:
         raise ValueError(f"model.name: Opacus cannot train {cfg.model.name} under privacy=dp: {errors[0]}")
     trained = model.head if getattr(model, "front_end", None) is not None else model  # as local_training_view
-    choose(str(cfg.privacy.grad_sample_mode), trained, "cpu")
+    choose(str(cfg.privacy.grad_sample_mode), trained, "cpu", str(cfg.federation.precision))

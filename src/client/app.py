@@ -142,6 +142,7 @@ def train_round(msg: Message, context: Context) -> Message:
         proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
         dp=dp, grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "auto")),
         optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum), augment=view.augment,
+        precision=str(cfg.federation.precision),
     )
     metrics = {"train_loss": loss, "num-examples": len(samples), "train_seconds": time.perf_counter() - start}
     _log_training(manifest(context).with_name(f"{hospital}.training.jsonl"), server_round, metrics, steps)

@@ -11,11 +11,11 @@ input), so the step needs neither autograd nor hooks. On the CPU, for the defaul
 closed form 2.0× (the rest is the clipping and noise of Opacus' `DPOptimizer`, which it
 keeps); through a hospital's loader, 1.5–1.8× and 1.1–1.5× (bench/dp_overhead.py).
 
-`auto` picks per module and device, from bench/dp_overhead.py: `linear` for a linear
-head; `ghost` on CUDA (on an H200 at 224 px, batch 32: 5.5× a plain step for MobileNetV2
+`auto` picks per module, device and precision, from bench/dp_overhead.py: `linear` for a
+linear head; `ghost` on CUDA in float32 (on an H200 at 224 px, batch 32: 5.5× a plain step for MobileNetV2
 against hooks' 5.9×, level with hooks for ResNet-18 and DenseNet-121 at 4.4× and 6.2×,
 and with less memory for ResNet-18; functorch slowest); `hooks` on the CPU (the fastest
-for every CNN here).
+for every CNN here) and in bfloat16, where ghost clipping is refused.
 """
 
 from __future__ import annotations
@@ -25,14 +25,19 @@ import torch
 MODES = ("auto", "hooks", "functorch", "ghost", "linear")
 
 
-def choose(mode: str, module: torch.nn.Module, device) -> str:
-    """The concrete mode for training `module` on `device`; `linear` only for a lone `nn.Linear`."""
+def choose(mode: str, module: torch.nn.Module, device, precision: str = "float32") -> str:
+    """The concrete mode for training `module` on `device` in `precision`; `linear` only for a lone
+    `nn.Linear`; never `ghost` in bfloat16 (src/training/precision.py)."""
     if mode not in MODES:
         raise ValueError(f"privacy.grad_sample_mode: expected one of {', '.join(MODES)}, got {mode!r}")
     if mode == "auto":
         if isinstance(module, torch.nn.Linear):
             return "linear"
-        return "ghost" if torch.device(device).type == "cuda" else "hooks"
+        return "ghost" if torch.device(device).type == "cuda" and precision == "float32" else "hooks"
+    if mode == "ghost" and precision != "float32":
+        raise ValueError("privacy.grad_sample_mode: 'ghost' clips by norms from one backward pass and sums "
+                         "gradients from a second; in bfloat16 these round differently and the clipping bound "
+                         "no longer holds: use hooks or functorch, or federation.precision=float32")
     if mode == "linear" and not isinstance(module, torch.nn.Linear):
         raise ValueError(f"privacy.grad_sample_mode: 'linear' trains a lone linear layer (a head on features), "
                          f"not a {type(module).__name__}")

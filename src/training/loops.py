@@ -19,6 +19,7 @@ from src.data.layouts import Sample
 from src.models.features import raw_features
 from src.models.grouped_conv import register_opacus_sampler
 from src.training.grad_sample import choose, linear_cross_entropy
+from src.training.precision import autocast, grad_samples_to_float32
 
 if TYPE_CHECKING:
     from src.training.privacy import Plan
@@ -123,7 +124,8 @@ def secret_generator(device) -> torch.Generator:
 
 def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: float = 0.0,
                  dp: Plan | None = None, grad_sample_mode: str = "auto", optimizer: str = "adam",
-                 momentum: float = 0.0, augment: BatchAugmentation | None = None) -> tuple[float, int]:
+                 momentum: float = 0.0, augment: BatchAugmentation | None = None,
+                 precision: str = "float32") -> tuple[float, int]:
     """`epochs` epochs of Adam or SGD (with `momentum`), fresh each call; returns the last epoch's mean
     loss and the optimizer steps taken.
 
@@ -136,6 +138,8 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
     weights alone, so under DP it is post-processing and costs no privacy (as a loss
     term its gradient would be dropped by Opacus' per-sample clipping). `augment` jitters
     each batch on the device (each image by its own draw, so DP's per-sample view holds).
+    `precision` "bfloat16" runs forward and backward under autocast, each sample's gradient cast
+    to float32 before it is clipped (src/training/precision.py); the closed form stays float32.
     """
     model.to(device).train()
     if optimizer == "adam":
@@ -153,7 +157,7 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
         from opacus.optimizers import DPOptimizer
 
         register_opacus_sampler()
-        mode = choose(grad_sample_mode, model, device)
+        mode = choose(grad_sample_mode, model, device, precision)
         # Opacus would take the Poisson sampler's generator from the (seeded) loader: give it a secret one
         poisson = DPDataLoader.from_data_loader(loader, generator=secret_generator("cpu"))
         if mode == "linear":  # per-sample gradients in closed form; clipping and noise by Opacus' optimizer
@@ -179,8 +183,11 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
             if mode == "linear":
                 loss = linear_cross_entropy(net, images, labels)
             else:
-                loss = criterion(net(images), labels)
+                with autocast(precision, device):
+                    loss = criterion(net(images), labels)
                 loss.backward()
+                if mode in ("hooks", "functorch"):
+                    grad_samples_to_float32(model)
             optimizer.step()  # an empty Poisson batch still takes a (noise-only) step under DP
             steps += 1
             if global_params is not None:

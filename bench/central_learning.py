@@ -48,7 +48,7 @@ def main(label: str, overrides: list[str], epochs: int) -> list[dict]:
         for epoch in range(1, epochs + 1):
             loss, _ = train_epochs(view.module, view.loader, 1, float(cfg.federation.lr), device,
                                    optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum),
-                                   augment=view.augment)
+                                   augment=view.augment, precision=str(cfg.federation.precision))
             if epoch in SCORED or epoch == epochs:
                 labels, probs = predict_samples(model, fed.select(split="val"), cfg.data, 64, device, run / "features")
                 m = classification_metrics(labels, probs, fed.classes)

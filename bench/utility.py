@@ -69,7 +69,7 @@ def federated(cfg, federation, run_dir: Path) -> dict:
             dp = plan(cfg.privacy, cfg.federation, len(samples)) if cfg.privacy.name == "dp" else None
             train_epochs(view.module, view.loader, int(cfg.federation.local_epochs), float(cfg.federation.lr), "cpu",
                          dp=dp, optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum),
-                         augment=view.augment)
+                         augment=view.augment, precision=str(cfg.federation.precision))
             state = {k: v.double() * len(samples) for k, v in local.state_dict().items()}
             total = state if total is None else {k: total[k] + state[k] for k in total}
             weight += len(samples)

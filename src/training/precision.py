@@ -1,10 +1,10 @@
 """`federation.precision`: the arithmetic a hospital's forward and backward passes run in.
 
 `bfloat16` runs them under PyTorch's autocast (weights, optimizer state and updates stay
-float32): on this project's CPU (avx512_bf16, one thread, 64 px, batch 16) a plain step
-of SmallCNN, ResNet-18 and DenseNet-121 took 0.68–0.70× its float32 time, and a DP step
-with Opacus' hooks 0.70–0.76× (MobileNetV2's depthwise convolutions: no gain, 1.0–1.4×);
-bench/dp_overhead.py and bench/loader_throughput.py take `--precision`.
+float32). On this project's CPU (avx512_bf16, one thread, 64 px, batch 16) a plain step
+of SmallCNN, ResNet-18 and DenseNet-121 took 0.67–0.78× its float32 time per image, a DP
+step with Opacus' hooks 0.72–0.97×; MobileNetV2's depthwise convolutions were slower
+(1.24×, 1.35×). bench/dp_overhead.py and bench/loader_throughput.py take `--precision`.
 
 Under DP the clipping bound must hold for the numbers that are summed, so bfloat16 keeps
 two rules. Each sample's gradient, however it was computed, is cast to float32 before

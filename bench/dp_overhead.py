@@ -5,7 +5,7 @@ every registered model at the default image size, and which mode `auto` picks.
 
     python bench/dp_overhead.py [--models small_cnn resnet18] [--modes none hooks ghost] [--steps 20]
                                 [--repeats 3] [--device cuda] [--image-size 224] [--batch-size 32]
-                                [--precision float32 bfloat16] [--out FILE]
+                                [--precision float32 bfloat16] [--profile] [--out FILE]
 
 Each step is the project's own `src.training.loops.train_epochs` (the model's configured
 optimizer and learning rate, and under DP Opacus' `make_private` with Poisson sampling,
@@ -47,6 +47,11 @@ the CPU, the peak resident set (VmHWM, reset through /proc/self/clear_refs after
 model and data are built; else ru_maxrss) minus the resident set at that point:
 activations, per-sample gradients, optimizer state and whatever the allocator keeps. On CUDA,
 torch.cuda.max_memory_allocated minus the memory allocated once the model is on the GPU.
+
+Profile (`--profile`): one more timed call of each (model, mode) under torch.profiler; the row
+keeps the operators with the most self time (on the GPU, device time; `profile_top`) and
+how busy the device was over the call (`device_busy`: the sum of kernel times over the
+wall time; far below 1, the step waits on Python, not on the GPU).
 
 A mode that fails for a model is recorded with its error, not fatal. Writes
 bench/results/dp_overhead.json.
@@ -95,8 +100,28 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def profile(timed, cuda: bool, top: int = 12) -> dict:
+    """The operators with the most self time over one `timed()` call, and how busy the device was."""
+    import torch
+    from torch.profiler import ProfilerActivity
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prof:
+        timed()
+    wall = time.perf_counter() - start
+    device = "self_device_time_total" if cuda else "self_cpu_time_total"
+    ops = sorted(prof.key_averages(), key=lambda e: getattr(e, device), reverse=True)
+    out = {"wall_s": wall, "sorted_by": device,
+           "profile_top": [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                            "self_device_ms": getattr(e, "self_device_time_total", 0) / 1e3} for e in ops[:top]]}
+    if cuda:
+        out["device_busy"] = sum(getattr(e, "self_device_time_total", 0) for e in ops) / 1e6 / wall
+    return out
+
+
 def worker(model_name: str, mode: str, precision: str, steps: int, repeats: int, threads: int, device_name: str,
-           overrides: list[str]) -> dict:
+           overrides: list[str], profiled: bool = False) -> dict:
     import torch
     from torch.utils.data import DataLoader, Dataset
 
@@ -208,6 +233,8 @@ def worker(model_name: str, mode: str, precision: str, steps: int, repeats: int,
             peak_kb, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss - VmRSS after setup"
         out |= {"peak_mb": (peak_kb - (base_kb or 0)) / 1024, "rss_after_setup_mb": (base_kb or 0) / 1024,
                 "memory_method": method}
+    if profiled:  # after the peak memory is read: the profiler's own records are not the step's
+        out["profile"] = profile(lambda: timed(model, dp, epochs), cuda)
     return out
 
 
@@ -217,7 +244,7 @@ def worker(model_name: str, mode: str, precision: str, steps: int, repeats: int,
 def measure(model: str, mode: str, precision: str, steps: int, args) -> dict:
     """One (model, mode, precision) in a fresh interpreter, so that its peak memory is its own."""
     spec = json.dumps({"model_name": model, "mode": mode, "precision": precision, "steps": steps,
-                       "repeats": args.repeats,
+                       "repeats": args.repeats, "profiled": args.profile,
                        "threads": args.threads, "device_name": args.device, "overrides": args.overrides})
     env = os.environ | {k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     start = time.perf_counter()
@@ -288,6 +315,7 @@ def main() -> None:
                         help="expected batch of the CNNs (default: the config's federation.batch_size)")
     parser.add_argument("--precision", nargs="+", default=None, choices=["float32", "bfloat16"],
                         help="federation.precision, each in turn (default: the config's)")
+    parser.add_argument("--profile", action="store_true", help="one more call under torch.profiler per row")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.overrides = ([f"data.image_size={args.image_size}"] if args.image_size else []) + (
@@ -337,6 +365,13 @@ def main() -> None:
         print(f"{r['model']:13s} {r['mode']:10s} {r['precision']:9s} {r['s_per_step']:8.3f} "
               f"{'' if ratio is None else f'{ratio:6.2f}x':>7s} {r['mean_batch']:6.1f} {r['peak_mb']:8.1f} "
               f"{'' if mem is None else f'{mem:5.2f}x':>6s} {'' if fp32 is None else f'{fp32:6.2f}x':>7s}")
+    for r in rows:
+        if "profile" in r:
+            p = r["profile"]
+            busy = f", device busy {p['device_busy']:.0%}" if "device_busy" in p else ""
+            ops = "; ".join(f"{o['op']} {o['self_device_ms' if 'device_busy' in p else 'self_cpu_ms']:.0f} ms"
+                            for o in p["profile_top"][:4])
+            print(f"profile {r['model']} {r['mode']} {r['precision']} ({p['wall_s']:.2f} s{busy}): {ops}")
     v = report["verdict"]
     if v is not None:
         ratios = ", ".join(f"{m} {x:.2f}x" if x is not None else f"{m} error" for m, x in v["time_ratios"].items())

@@ -112,13 +112,42 @@ def main(label: str, overrides: list[str]) -> dict:
     RESULTS.parent.mkdir(exist_ok=True)
     runs = json.loads(RESULTS.read_text()).get("runs", {}) if RESULTS.exists() else {}
     runs[label] = report
-    out = {"runs": runs}
-    if {"default", "fedavg"} <= set(runs):  # secure aggregation's cost inside the run, first round's key setup included
-        secure, plain = (sum(r["total_s"] for r in runs[k]["rounds"]) for k in ("default", "fedavg"))
-        out["secure_aggregation_added_to_rounds"] = secure / plain - 1
-        print(f"secure aggregation adds {secure / plain - 1:.0%} to the rounds ({secure:.1f} s vs FedAvg's {plain:.1f} s)")
+    out = {"runs": runs, "secure_aggregation_added_to_rounds": secure_aggregation_cost(runs)}
+    twin = _twin(runs, label)
+    if twin is not None:
+        secure, plain = (label, twin) if _strategy(runs[label]) == "secagg" else (twin, label)
+        added = out["secure_aggregation_added_to_rounds"][f"{secure} / {plain}"]
+        print(f"secure aggregation adds {added:.0%} to the rounds of {secure!r} against {plain!r}")
     RESULTS.write_text(json.dumps(out, indent=1))
     return report
+
+
+def _strategy(run: dict) -> str:
+    return next((o.split("=", 1)[1] for o in run["overrides"] if o.startswith("strategy=")), "secagg")
+
+
+def _twin(runs: dict, label: str) -> str | None:
+    """The run of the same config and overrides but the other strategy (secure aggregation or FedAvg) measured
+    nearest to `label`, the next one on a tie (each pair is measured one after the other, the secure one first)."""
+    run, labels = runs[label], list(runs)
+    rest = sorted(o for o in run["overrides"] if not o.startswith("strategy="))
+    other = "fedavg" if _strategy(run) == "secagg" else "secagg"
+    twins = [k for k, r in runs.items() if _strategy(r) == other and r["config"] == run["config"]
+             and sorted(o for o in r["overrides"] if not o.startswith("strategy=")) == rest]
+    gap = {k: labels.index(k) - labels.index(label) for k in twins}
+    return min(twins, key=lambda k: (abs(gap[k]), gap[k] < 0), default=None)
+
+
+def secure_aggregation_cost(runs: dict) -> dict:
+    """What secure aggregation adds to the rounds' total time (the first round's key setup included), for each
+    secure run against its FedAvg twin (`_twin`): `"<secure label> / <FedAvg label>": added share`."""
+    cost = {}
+    for label, run in runs.items():
+        twin = _twin(runs, label) if _strategy(run) == "secagg" else None
+        if twin is not None:
+            secure, plain = (sum(r["total_s"] for r in runs[k]["rounds"]) for k in (label, twin))
+            cost[f"{label} / {twin}"] = secure / plain - 1
+    return cost
 
 
 if __name__ == "__main__":

@@ -18,11 +18,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from src.client import secure_aggregation
@@ -67,10 +66,10 @@ def _model(cfg, classes: list[str], msg: Message, context: Context):
     """The run's initial model, which the hospital's own settings name (its fixed front end never
     travels in a message), with the message's trained arrays; any other array is refused."""
     from src.models.initial import initial_model_from
-    from src.models.registry import load_trained
+    from src.models.wire import load_record
 
     model = initial_model_from(cfg, len(classes), Path(str(node_settings(context)["initial-model"])))
-    load_trained(model, msg.content["arrays"].to_torch_state_dict())
+    load_record(model, msg.content["arrays"])
     return model
 
 
@@ -111,7 +110,7 @@ def train_round(msg: Message, context: Context) -> Message:
     if secure:
         secure_aggregation.check_ready(msg, context)  # before any privacy budget is spent
     # torch and Opacus only for a round the hospital takes part in (a process that declines never imports them)
-    from src.models.registry import trained_keys, trained_state
+    from src.models.wire import to_record
     from src.secagg.records import flatten
     from src.training import privacy
     from src.training.loops import local_training_view, resolve_device, train_epochs
@@ -123,15 +122,15 @@ def train_round(msg: Message, context: Context) -> Message:
         records["evaluation"] = ConfigRecord(_evaluate(cfg, data, model, context))
     dp, ledger = None, None
     if cfg.privacy.name == "dp":
-        dp = privacy.plan(cfg.privacy, cfg.federation, len(samples), max_epsilon=rules.max_epsilon)
         ledger = privacy.Ledger.open(manifest(context).with_name(f"{hospital}.privacy.json"))
+        dp = privacy.plan(cfg.privacy, cfg.federation, len(samples), max_epsilon=rules.max_epsilon,
+                          sigma=ledger.noise_multiplier)
         refusal = ledger.refusal(dp, server_round)
         if refusal:
             records["privacy"] = ConfigRecord(ledger.report(dp, secure))
             if secure:
                 records |= secure_aggregation.decline(msg, context)
             return _reply(msg, hospital, {}, records, declined=refusal)
-        dp = replace(dp, noise_multiplier=ledger.sigma(dp))
     device = resolve_device(cfg.device)
     start = time.perf_counter()
     # augmentation and shuffling stay seeded (reproducible); DP's sampling and noise never are (training.py)
@@ -149,10 +148,9 @@ def train_round(msg: Message, context: Context) -> Message:
     if ledger is not None:
         ledger.spend(dp, server_round, steps)
         records["privacy"] = ConfigRecord(ledger.report(dp, secure))
-    trained = ArrayRecord(trained_state(model.cpu()))
+    trained = to_record(model)
     if secure:  # only the masked sum may tell the server anything about the training data: no metrics
-        keys = trained_keys(model)
-        update = flatten(trained, keys) - flatten(msg.content["arrays"], keys)
+        update = flatten(trained) - flatten(msg.content["arrays"])
         records |= secure_aggregation.contribute(msg, context, update, len(samples))
         metrics = {}
     else:

@@ -199,22 +199,11 @@ def trained_keys(model: nn.Module) -> list[str]:
 
 
 def trained_state(model: nn.Module) -> dict[str, Tensor]:
-    """What a round's messages carry, both ways: the trained entries. The rest (a fixed front end:
-    0.9 MB beside the default head's 195 values) is the run's initial model's, at every party."""
+    """What a round's messages carry, both ways (as one flat array: src/models/wire.py): the trained
+    entries. The rest (a fixed front end: 0.9 MB beside the default head's 195 values) is the run's
+    initial model's, at every party."""
     keys = set(trained_keys(model))
     return {k: v for k, v in model.state_dict().items() if k in keys}
-
-
-def load_trained(model: nn.Module, state: Mapping[str, Tensor]) -> None:
-    """Load a round's arrays into `model`; arrays other than exactly its trained entries (a server
-    sending a front end of its own choosing, a model of another shape) are refused."""
-    expected = set(trained_keys(model))
-    if set(state) != expected:
-        extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
-        raise ValueError(f"the model's arrays: expected its trained entries only; "
-                         f"{f'not trained: {extra}' if extra else ''}{'; ' if extra and missing else ''}"
-                         f"{f'missing: {missing}' if missing else ''}")
-    model.load_state_dict(state, strict=False)
 
 
 def _hyperparameters(name: str) -> list[str]:

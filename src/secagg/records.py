@@ -12,19 +12,19 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 from src.secagg.identity import RoundKeys
 
 
-def flatten(arrays: ArrayRecord, keys=None) -> np.ndarray:
-    """The floating-point arrays of a model (those named in `keys`, if given), in state_dict order,
+def flatten(arrays: ArrayRecord) -> np.ndarray:
+    """The floating-point arrays of a record (a round's model travels as one: src/models/wire.py), in order,
     as one float64 vector."""
-    return np.concatenate([a.numpy().astype(np.float64).ravel() for k, a in arrays.items()
-                           if (keys is None or k in keys) and np.issubdtype(a.numpy().dtype, np.floating)])
+    return np.concatenate([a.numpy().astype(np.float64).ravel() for a in arrays.values()
+                           if np.issubdtype(a.numpy().dtype, np.floating)])
 
 
-def apply_update(arrays: ArrayRecord, delta: np.ndarray, keys=None) -> ArrayRecord:
-    """`arrays` + `delta` (as laid out by `flatten` with the same `keys`); other arrays are kept as they are."""
+def apply_update(arrays: ArrayRecord, delta: np.ndarray) -> ArrayRecord:
+    """`arrays` + `delta` (as laid out by `flatten`); other arrays are kept as they are."""
     out, offset = {}, 0
     for key, array in arrays.items():
         value = array.numpy()
-        if (keys is None or key in keys) and np.issubdtype(value.dtype, np.floating):
+        if np.issubdtype(value.dtype, np.floating):
             value = (value + delta[offset:offset + value.size].reshape(value.shape)).astype(value.dtype)
             offset += value.size
         out[key] = Array(np.ascontiguousarray(value))

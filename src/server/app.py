@@ -17,7 +17,7 @@ from src.config import from_run_config
 from src.data.federation import Federation
 from src.metrics import classification_metrics
 from src.models.initial import load_initial_model
-from src.models.registry import load_trained, trained_keys, trained_state
+from src.models.wire import load_record, to_record
 from src.server.announce import announce
 from src.server.dashboard import Dashboard
 from src.server.polling import poll_faster
@@ -57,14 +57,14 @@ def main(grid: Grid, context: Context) -> None:
     reads = (load_reads(cfg.eval.reader_csv, test_samples, federation.classes, cfg.data.root)
              if cfg.eval.reader_csv else None)
     device = resolve_device(cfg.device)
-    strategy = make_strategy(cfg, trained_keys(model))
+    strategy = make_strategy(cfg)
     dashboard = Dashboard(cfg, run_dir, federation.classes)
 
     latest: dict = {}  # the newest model's pooled predictions, for the report once hospitals have evaluated it
 
     def finish_round(server_round: int, arrays: ArrayRecord) -> None:
         """Evaluate on the pooled test set, checkpoint (the whole model: the round's arrays are its trained part)."""
-        load_trained(model, arrays.to_torch_state_dict())
+        load_record(model, arrays)
         state = model.state_dict()
         start = time.perf_counter()
         labels, probs = evaluate_pooled()
@@ -90,7 +90,7 @@ def main(grid: Grid, context: Context) -> None:
 
     started = time.perf_counter()
     try:
-        run_rounds(strategy, grid, ArrayRecord(trained_state(model)), range(first, rounds + 1),
+        run_rounds(strategy, grid, to_record(model), range(first, rounds + 1),
                    min_answers=int(cfg.federation.min_hospitals), timeout=float(cfg.federation.round_timeout),
                    train_config=ConfigRecord({"lr": float(cfg.federation.lr)}), on_round=finish_round,
                    on_evaluated=finish_evaluation, unevaluated=unevaluated)

@@ -6,9 +6,8 @@ from src.strategies.observed import ObservedFedAvg, ObservedFedProx
 from src.strategies.secure import SecureFedAvg, SecureFedProx
 
 
-def make_strategy(cfg, trained_keys=None):
-    """The configured strategy; a round needs `federation.min_hospitals` answers. `trained_keys`: the
-    model's arrays local training changes (secure aggregation masks and sums only those)."""
+def make_strategy(cfg):
+    """The configured strategy; a round needs `federation.min_hospitals` answers."""
     n = int(cfg.federation.min_hospitals)
     common = dict(fraction_train=float(cfg.federation.fraction), fraction_evaluate=1.0,
                   min_train_nodes=n, min_evaluate_nodes=n, min_available_nodes=n)
@@ -20,7 +19,7 @@ def make_strategy(cfg, trained_keys=None):
         s = cfg.strategy
         secure = dict(clip_range=float(s.clip_range), quant_bits=int(s.quant_bits), num_shares=s.num_shares,
                       threshold=s.threshold, stage_timeout=float(cfg.federation.round_timeout),
-                      num_rounds=int(cfg.federation.rounds), min_survivors=n, trained_keys=trained_keys, **common)
+                      num_rounds=int(cfg.federation.rounds), min_survivors=n, **common)
         if float(s.proximal_mu) > 0:
             return SecureFedProx(proximal_mu=float(s.proximal_mu), **secure)
         return SecureFedAvg(**secure)

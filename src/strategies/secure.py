@@ -52,11 +52,9 @@ class SecureAggregationMixin:
     """Secure aggregation in place of a strategy's plain averaging (before Observed in the MRO)."""
 
     def __init__(self, *, clip_range: float, quant_bits: int, num_shares: int | None, threshold: int | None,
-                 stage_timeout: float, num_rounds: int, min_survivors: int = 1, trained_keys=None, **kwargs):
+                 stage_timeout: float, num_rounds: int, min_survivors: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.min_survivors = int(min_survivors)
-        # the arrays training changes (a fixed front end's buffers never do): only they are masked and summed
-        self.trained_keys = None if trained_keys is None else set(trained_keys)
         self.clip_range, self.quant_bits = float(clip_range), int(quant_bits)
         self.num_shares, self.threshold, self.stage_timeout = num_shares, threshold, float(stage_timeout)
         self.num_rounds = int(num_rounds)
@@ -76,7 +74,7 @@ class SecureAggregationMixin:
         """
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._grid, self._global = grid, arrays
-        self._global_vector_length = flatten(arrays, self.trained_keys).size
+        self._global_vector_length = flatten(arrays).size
         start = time.perf_counter()
         nodes = [m.metadata.dst_node_id for m in messages]
         session, incoming, how = self._ready(server_round, nodes)
@@ -171,7 +169,7 @@ class SecureAggregationMixin:
             "num_examples": examples,
             "rejections": [f"{r.stage}: {self._name(r.node)}: {r.reason}" for r in session.rejections]})
         delta = dequantize_mean(total, examples, self.clip_range, self.quant_bits, dtype=np.float64)
-        return apply_update(self._global, delta, self.trained_keys), MetricRecord({"num-examples": examples})
+        return apply_update(self._global, delta), MetricRecord({"num-examples": examples})
 
     @staticmethod
     def _ciphertexts(session: ServerSession, node: int, content: RecordDict) -> bool:

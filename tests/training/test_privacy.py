@@ -53,7 +53,9 @@ def test_the_target_is_never_exceeded_and_a_spent_budget_declines(tmp_path, n, t
     # a resumed run with more rounds keeps the σ it has spent under
     longer = settings(target_epsilon=target)
     longer.federation.rounds = 6
-    assert Ledger.open(tmp_path / "h.privacy.json").sigma(plan(longer.privacy, longer.federation, n)) == p.noise_multiplier
+    spent = Ledger.open(tmp_path / "h.privacy.json").noise_multiplier
+    assert spent == p.noise_multiplier != plan(longer.privacy, longer.federation, n).noise_multiplier
+    assert plan(longer.privacy, longer.federation, n, sigma=spent).noise_multiplier == p.noise_multiplier
 
 
 @pytest.mark.parametrize("q, sigma, steps, delta", [
@@ -138,3 +140,14 @@ def test_a_hospitals_own_max_epsilon_caps_whatever_the_server_asks(tmp_path):
     assert ledger.report(p)["epsilon"] <= 2.0
     weak = plan(settings(target_epsilon=None, noise_multiplier=0.3).privacy, cfg.federation, 200, max_epsilon=2.0)
     assert "privacy budget spent" in Ledger.open(tmp_path / "other.json").refusal(weak, 1)
+
+
+def test_rounds_of_one_sigma_and_rate_are_accounted_as_one_entry_with_the_same_epsilon():
+    """`epsilon` hands the accountant one entry per (σ, q), its steps summed; the ε is Opacus' over the
+    rounds one by one (a σ or rate that changes keeps its own entry)."""
+    history = [{"noise_multiplier": 1.02, "sample_rate": 1 / 13, "steps": 26}] * 4 + [
+        {"noise_multiplier": 1.5, "sample_rate": 1 / 13, "steps": 26},
+        {"noise_multiplier": 1.02, "sample_rate": 1 / 7, "steps": 14}]
+    accountant = RDPAccountant()
+    accountant.history = [(h["noise_multiplier"], h["sample_rate"], h["steps"]) for h in history]
+    assert epsilon(history, 1e-5) == pytest.approx(accountant.get_epsilon(delta=1e-5), rel=1e-12)

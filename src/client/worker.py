@@ -57,6 +57,21 @@ from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, 
 
 log = logging.getLogger(__name__)
 PULL_BACKOFF_S = (0.05, 1.0)  # first retry, longest wait; Flower's are (1, 10) s
+ACTIVE_POLL_S, ACTIVE_S = 0.05, 3.0  # as the SuperNode's (src/launch/supernode.py)
+
+
+class _TaskPolls:
+    """The `time` module as Flower's SuperExec loop sees it: for ACTIVE_S after a task it asks its
+    SuperNode for the next one every ACTIVE_POLL_S (in a round it follows within a second or two),
+    else every FLWR_SUPEREXEC_TASK_POLL_INTERVAL."""
+
+    last_task = float("-inf")  # when the last task ended
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(seconds, ACTIVE_POLL_S) if time.monotonic() - self.last_task < ACTIVE_S else seconds)
 
 
 class WarmExecutor(SubprocessExecutor):
@@ -75,6 +90,7 @@ class WarmExecutor(SubprocessExecutor):
         start = time.perf_counter()
         status = self.run_task(spec)
         log.info("task %d: %s in %.2fs", spec.task_id, status, time.perf_counter() - start)
+        _TaskPolls.last_task = time.monotonic()
         return LaunchResult.accepted()
 
     def run_task(self, spec: ExecutionSpec) -> str:
@@ -141,6 +157,7 @@ def main() -> None:
     for module in ours.preload:
         threading.Thread(target=preload, args=(module,), daemon=True).start()
     superexec.get_executor = lambda *_, **__: WarmExecutor()
+    superexec.time = _TaskPolls()
     # The SuperNode hands out a task as soon as it has the message's metadata, while it is still
     # pulling the content from the SuperLink: a pull that finds it missing waits 1 s, then 2 s.
     run_clientapp.pull_and_inflate_object_from_tree = functools.partial(

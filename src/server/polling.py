@@ -17,7 +17,7 @@ from flwr.serverapp import Grid
 from flwr.superlink.grid import http_grid
 from flwr.supercore.inflatable.inflatable_utils import pull_objects
 
-INTERVAL_S = 0.2
+INTERVAL_S = 0.05  # only while an exchange is waiting for its answers
 PULL_BACKOFF_S = (0.05, 1.0)  # first retry, longest wait; Flower's are (1, 10) s
 
 

@@ -56,10 +56,19 @@ def test_workers_preload_fedcxrs_client_app_but_not_an_app_only_in_its_bundle():
 
 
 def test_the_supernode_looks_at_its_own_state_often_and_at_the_superlink_less(monkeypatch):
-    """Flower's 0.5 s (a look at the SuperNode's own memory) becomes LOCAL_POLL_S; its 3 s after an
-    empty pull (a request to the SuperLink) becomes POLL_S."""
+    """Flower's 0.5 s (a look at the SuperNode's own memory while it handles a message) becomes
+    LOCAL_POLL_S; its 3 s after an empty pull (a request to the SuperLink) becomes ACTIVE_POLL_S
+    for ACTIVE_S after a message, POLL_S once it has been idle longer."""
     slept: list[float] = []
-    monkeypatch.setattr(supernode, "time", SimpleNamespace(sleep=slept.append))
-    for seconds in (0.5, 3, 0.001):
-        supernode._ShortSleeps.sleep(seconds)
-    assert slept == [supernode.LOCAL_POLL_S, supernode.POLL_S, 0.001]
+    now = [1000.0]
+    monkeypatch.setattr(supernode, "time", SimpleNamespace(sleep=slept.append, monotonic=lambda: now[0]))
+    monkeypatch.setattr(supernode._ShortSleeps, "last_message", float("-inf"))
+    sleeps = supernode._ShortSleeps()
+    sleeps.sleep(3)  # idle since it started
+    sleeps.sleep(0.5)  # a message is handled
+    now[0] += supernode.ACTIVE_S / 2
+    sleeps.sleep(3)  # the next message of the round is due
+    now[0] += supernode.ACTIVE_S
+    sleeps.sleep(3)  # idle again
+    sleeps.sleep(0.001)
+    assert slept == [supernode.POLL_S, supernode.LOCAL_POLL_S, supernode.ACTIVE_POLL_S, supernode.POLL_S, 0.001]

@@ -186,7 +186,7 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
                 with autocast(precision, device):
                     loss = criterion(net(images), labels)
                 loss.backward()
-                if mode in ("hooks", "functorch"):
+                if precision != "float32" and mode in ("hooks", "functorch"):
                     grad_samples_to_float32(model)
             optimizer.step()  # an empty Poisson batch still takes a (noise-only) step under DP
             steps += 1

@@ -208,11 +208,24 @@ class ClientSession:
         st.survivors, st.stage = survivors, "signed"
         return identity.sign(survivors_message(st.run_id, st.round, self.node_id, survivors))
 
+    @property
+    def partners(self) -> set[int]:
+        """The hospitals it added pairwise masks with, itself included: the senders of the
+        ciphertexts it got at stage 3 (each leaves a share, or a rejection when it failed to decrypt)."""
+        return set(self.state.shares) | set(self.state.rejected)
+
     def _check_survivors(self, survivors: list[int]) -> None:
         st = self.state
         if self.node_id not in survivors:
             raise SecAggError(f"hospital {self.node_id}: refusing to unmask: not listed as a survivor although it "
                               "sent its masked input")
+        withheld = sorted(set(survivors).intersection(st.peers) - self.partners)
+        if withheld:  # Bonawitz et al.'s U3 ⊆ U2. Otherwise the server withholds the shares of all but a few
+            # neighbours, lists those few as dropped and the others as survivors, and rebuilds this hospital's
+            # seed b and every mask key it used: its update, alone (tests/secagg/test_rejections.py)
+            raise SecAggError(f"hospital {self.node_id}: refusing to unmask: neighbours {withheld} are listed as "
+                              "survivors, but their shares never reached it, so it did not mask with them (the "
+                              "server withheld them)")
         needed = max(st.threshold, st.min_survivors)
         if len(survivors) < needed:
             raise BelowThresholdError(f"hospital {self.node_id}: refusing to unmask a sum of {len(survivors)} "

@@ -13,7 +13,11 @@ the first two stages of round r+1 inside messages of round r that are sent anywa
     reply                  shares that unmask the sum (stage 4 of r), encrypted shares for r+1 (stage 2)
 
 The consistency exchange is Bonawitz et al.'s defence against a server that tells
-hospitals different survivor lists; with it a round costs two exchanges more than FedAvg. The first round, a resumed
+hospitals different survivor lists; with it a round costs two exchanges more than FedAvg.
+It is not redundant even in a complete graph: of 5 hospitals (threshold 3), a server that
+hands u only w1's and w2's shares and tells u {u, w1, w2}, x and y {u, x, y}, w1 {w1, u, x}
+and w2 {w2, u, x} collects u's seed b and the mask keys of w1 and w2 (each from three
+holders), hence u's update, alone. The first round, a resumed
 run, or a round whose hospitals differ from the prepared ones first runs stages 1–2
 on their own (`secagg_setup`, `secagg_share`). Updates are deltas Δ_i = trained −
 global, so they fit a small clipping range; the unmasked sum Σ n_i·q(Δ_i), Σ n_i

@@ -135,6 +135,29 @@ def test_a_hospital_unmasks_only_the_survivor_list_it_signed_and_never_both_secr
     assert session.unmask(survivors, dropped, signatures, me)[0] == b_shares  # asking again is harmless
 
 
+def test_a_hospital_singled_out_by_withheld_shares_refuses_to_unmask():
+    """The server hands the target only two neighbours' shares (threshold 3: two plus itself pass),
+    so it masks with those two alone; it then lists them as dropped and the others as survivors.
+    Had the target unmasked, the survivors' shares would rebuild its seed b and both mask keys it
+    used: its update, alone (Bonawitz et al.'s U3 ⊆ U2)."""
+    updates, weights = random_inputs(IDS, L)
+    target, partners = IDS[0], IDS[1:3]
+    survivors = [target, *IDS[3:]]
+
+    def withhold(requests):
+        requests[target] = {src: ct for src, ct in requests[target].items() if src in partners}
+
+    fed = through_masked_input(updates, weights, tamper=withhold)
+    assert fed.session(target).partners == {target, *partners}
+    with pytest.raises(SecAggError, match=rf"neighbours \[{IDS[3]}, {IDS[4]}\] are listed as survivors, but "
+                                          "their shares never reached it"):
+        fed.session(target).sign_survivors(survivors, fed.identities[target])
+    signatures = {n: fed._run(n, lambda s, n=n: s.sign_survivors(survivors, fed.identities[n])) for n in IDS[3:]}
+    for node in IDS[3:]:  # two signatures on the list, threshold 3: the others reveal nothing either
+        with pytest.raises(SecAggError, match="only 2 of its surviving neighbours signed"):
+            fed.session(node).unmask(survivors, partners, signatures, fed.identities[node])
+
+
 def test_client_stages_must_come_in_order():
     me = consortium(["hospital_1"])["hospital_1"]
     session = ClientSession(1, server_round=2, threshold=2, clip_range=1.0, quant_bits=8)

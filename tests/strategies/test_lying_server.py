@@ -144,6 +144,39 @@ def test_different_survivor_lists_never_yield_both_secrets_of_a_hospital(consort
     assert any("signed the survivor list" in r for r in refusals(grid, TARGET))
 
 
+def test_withholding_shares_to_single_out_a_hospital_is_refused(consortium_dir):
+    """The server hands the target only two neighbours' shares, so it masks with those two alone, then
+    lists them as dropped and the others as survivors: the survivors' shares would rebuild the target's
+    seed b and both of its mask keys. The target refuses to sign a list of neighbours it never masked with."""
+    grid, s = Hospitals(consortium_dir), strategy(1)
+    partners, survivors = NODES[1:3], [TARGET, *NODES[3:]]
+
+    def withhold(msg):
+        if msg.metadata.dst_node_id != TARGET:
+            return msg
+        shares = dict(zip(msg.content["secagg-shares"]["from"], msg.content["secagg-shares"]["ciphertexts"]))
+        kept = {src: ct for src, ct in shares.items() if src in partners}
+        return rewritten(msg, **{"secagg-shares": ConfigRecord({"from": list(kept),
+                                                                "ciphertexts": list(kept.values())})})
+
+    def single_out(msg):
+        ask = msg.content["consistency"]
+        return rewritten(msg, consistency=ConfigRecord({"round": ask["round"], "survivors": survivors}))
+
+    def unmask_alone(msg):
+        return rewritten(msg, unmask=ConfigRecord({**msg.content["unmask"], "survivors": survivors,
+                                                   "dropped": partners}))
+
+    grid.lies = {"train": withhold, "train.secagg_consistency": single_out, "train.secagg_unmask": unmask_alone}
+    with pytest.raises(SecAggError):
+        run_round(s, grid, 1, start_model())
+    assert any("secagg-masked" in r.content for r in grid.replies  # it trained and sent its masked update
+               if not r.has_error() and r.metadata.src_node_id == TARGET)
+    assert any("their shares never reached it" in r for r in refusals(grid, TARGET))
+    revealed = [r.content for r in grid.replies if not r.has_error() and "b" in r.content]
+    assert not any(TARGET in list(c["b"]["nodes"]) for c in revealed)
+
+
 def test_no_unmasking_below_min_hospitals_at_the_server(consortium_dir):
     grid, s = Hospitals(consortium_dir), strategy(1, n=5)
     grid.behaviour[(1, NODES[2])] = "vanish at train"

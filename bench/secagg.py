@@ -197,7 +197,7 @@ def run_secagg(fed: Federation, cfg: dict) -> tuple[np.ndarray, float]:
         error_bound,
     )
     from src.secagg.identity import consortium
-    from src.secagg.records import keys_record, peers_keys, peers_record, round_keys
+    from src.secagg.records import keys_record, peers_keys, peers_record, peers_view, round_keys
 
     state = {node: RecordDict() for node in fed.nodes}  # each hospital's Context.state
     identities = dict(zip(fed.nodes, consortium([f"hospital_{i}" for i in range(len(fed.nodes))]).values()))
@@ -254,12 +254,12 @@ def run_secagg(fed: Federation, cfg: dict) -> tuple[np.ndarray, float]:
 
     def share(node, content):
         session, n = restore(node)
-        cts = session.share_keys(peers_keys(content["peers"]), identities[node])
+        cts = session.share_keys(peers_keys(content["peers"]), identities[node], peers_view(content["peers"]))
         keep(node, session, n)
         return RecordDict({"shares": ConfigRecord({"to": list(cts), "ciphertexts": list(cts.values())})})
 
     with Clock(fed.server, "share_keys"):
-        requests = {n: RecordDict({"peers": peers_record(ROUND, peers)})
+        requests = {n: RecordDict({"peers": peers_record(ROUND, peers, server.view)})
                     for n, peers in server.share_keys_requests().items()}
     replies = ask("share_keys", requests, share)
     with Clock(fed.server, "share_keys"):

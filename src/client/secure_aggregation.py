@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from src.client.hospital import identity, policy
 from src.secagg import ClientSession, SecAggError
-from src.secagg.records import keys_record, peers_keys
+from src.secagg.records import keys_record, peers_keys, peers_view
 
 PREFIX = "secagg-session."
 
@@ -104,7 +104,11 @@ def _advertise(msg: Message, context: Context, settings: ConfigRecord) -> Config
 
 def _share(context: Context, peers: ConfigRecord) -> ConfigRecord:
     session = _load(context, int(peers["round"]))
-    ciphertexts = session.share_keys(peers_keys(peers), identity(context))
+    try:
+        view = peers_view(peers)
+    except (KeyError, TypeError, ValueError) as err:
+        raise SecAggError(f"refusing round {int(peers['round'])}: no well-formed graph with the keys ({err})") from None
+    ciphertexts = session.share_keys(peers_keys(peers), identity(context), view)
     _store(context, session)
     return ConfigRecord({"to": list(ciphertexts), "ciphertexts": list(ciphertexts.values())})
 

@@ -6,7 +6,7 @@ until the next message (`ClientSession.from_bytes`).
 
     session = ClientSession(node_id, **server_session.client_config(), run_id=..., min_threshold=...)
     keys = session.advertise_keys(identity)                         # -> RoundKeys (signed)
-    ciphertexts = session.share_keys({peer: RoundKeys, ...}, identity)   # -> {dst: bytes}
+    ciphertexts = session.share_keys({peer: RoundKeys, ...}, identity, graph_view)   # -> {dst: bytes}
     masked = session.masked_input({src: bytes, ...}, update, n)     # -> uint64[L + 1]
     signature = session.sign_survivors(survivors, identity)         # consistency check
     b_shares, sk_shares = session.unmask(survivors, dropped, {node: signature}, identity)
@@ -27,6 +27,7 @@ import numpy as np
 
 from .encoding import check_params, encode
 from .errors import BelowThresholdError, SecAggError
+from .graph import GraphView
 from .identity import Identity, RoundKeys, commitment, survivors_message
 from .keys import (
     decrypt_shares,
@@ -99,17 +100,26 @@ class ClientSession:
         return RoundKeys(**{**unsigned.__dict__, "signature": identity.sign(message)})
 
     # -- stage 2 --------------------------------------------------------------------
-    def share_keys(self, public_keys: Mapping[int, RoundKeys], identity: Identity) -> dict[int, bytes]:
+    def share_keys(self, public_keys: Mapping[int, RoundKeys], identity: Identity, view: GraphView) -> dict[int, bytes]:
         """Shamir-share b and s_sk among the neighbours whose signed keys check out.
 
         `public_keys`: {neighbour: RoundKeys}, this hospital's own entry optional. Every
         entry must be signed, for this run, round, node and threshold, by a distinct
         hospital of the roster: otherwise the server substituted, replayed or invented
-        keys, and the round is refused. Returns {neighbour: ciphertext} for every
-        neighbour but itself.
+        keys, and the round is refused. They must be exactly this hospital's neighbours in
+        `view`, the graph the server announces (its digest is signed with the survivor
+        list). Returns {neighbour: ciphertext} for every neighbour but itself.
         """
         self._expect("advertised")
         st = self.state
+        try:
+            expected = view.peers_of(self.node_id)
+        except (AttributeError, TypeError, ValueError) as err:
+            raise SecAggError(f"hospital {self.node_id}: refusing round {st.round}: malformed graph ({err})") from None
+        shown = {int(node) for node in public_keys} | {self.node_id}
+        if shown != expected:
+            raise SecAggError(f"hospital {self.node_id}: refusing round {st.round}: sent the keys of {sorted(shown)}, "
+                              f"but its neighbours in the announced graph are {sorted(expected)}")
         peers, names = {}, {}
         for node, keys in public_keys.items():
             node = int(node)
@@ -147,7 +157,7 @@ class ClientSession:
             else:
                 ciphertexts[node] = encrypt_shares(st.c_sk, peers[node][0], st.round, self.node_id, node,
                                                    b_share, sk_share)
-        st.peers, st.names = peers, names
+        st.peers, st.names, st.graph = peers, names, view.digest()
         st.stage = "shared"
         return ciphertexts
 
@@ -206,7 +216,7 @@ class ClientSession:
                               f"round {st.round}")
         self._check_survivors(survivors)
         st.survivors, st.stage = survivors, "signed"
-        return identity.sign(survivors_message(st.run_id, st.round, self.node_id, survivors))
+        return identity.sign(survivors_message(st.run_id, st.round, self.node_id, survivors, st.graph))
 
     @property
     def partners(self) -> set[int]:
@@ -238,8 +248,8 @@ class ClientSession:
         """Shares of b for surviving neighbours, of s_sk for dropped ones: ({node: share}, {node: share}).
 
         Only for the survivor list it signed, and only when at least `threshold` of its
-        surviving neighbours signed that same list (a server that told hospitals
-        different lists is caught here). Refuses (SecAggError) to reveal both kinds for
+        surviving neighbours signed that same list and graph (a server that told hospitals
+        different lists, or showed them different graphs, is caught here). Refuses (SecAggError) to reveal both kinds for
         one hospital, in this call or across calls: b and s_sk together would unmask its update.
         """
         self._expect("signed", "unmasked")
@@ -255,11 +265,11 @@ class ClientSession:
         self._check_survivors(survivors)
         signed = [n for n in survivors if n in st.names and isinstance(signatures.get(n), bytes)
                   and identity.verify(st.names[n], signatures[n], survivors_message(st.run_id, st.round, n,
-                                                                                     survivors))]
+                                                                                     survivors, st.graph))]
         if len(signed) < st.threshold:
             raise SecAggError(f"hospital {self.node_id}: refusing to unmask: only {len(signed)} of its surviving "
-                              f"neighbours signed the survivor list it was given, threshold {st.threshold} (the "
-                              "server may have sent different lists)")
+                              f"neighbours signed the survivor list and graph it was given, threshold {st.threshold} "
+                              "(the server may have sent different lists or graphs)")
         wanted = {node: "b" for node in set(survivors) & st.shares.keys()}
         wanted.update({node: "sk" for node in dropped & st.shares.keys()})
         changed = sorted(n for n, kind in wanted.items() if st.revealed.get(n, kind) != kind)

@@ -14,7 +14,11 @@ own secrets), as in Flower's SecAgg+.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from dataclasses import dataclass
+
+from .keys import u64
 
 
 def default_num_shares(num_hospitals: int) -> int:
@@ -80,3 +84,44 @@ def components(nodes, neighbours: dict[int, list[int]]) -> list[set[int]]:
                     frontier.append(peer)
         groups.append(group)
     return groups
+
+
+@dataclass(frozen=True)
+class GraphView:
+    """A round's graph as the server announces it to a hospital at stage 2: the participants, the
+    degree, and who was asked to share keys (those that advertised, less any left with too few
+    neighbours).
+
+    The hospital checks that the keys it was sent are exactly its neighbours in this graph among
+    those sharing, and signs its survivor list together with `digest()`, so that signatures of
+    hospitals shown another graph do not count. Otherwise a server could show each hospital a
+    neighbourhood of its own making (all within the threshold's strict-majority rule) and collect
+    one hospital's seed b from some and the mask keys of its partners from others: its update,
+    alone, with no hospital colluding (tests/secagg/test_rejections.py plays it with 9 hospitals).
+    """
+
+    participants: tuple[int, ...]
+    num_shares: int
+    sharing: tuple[int, ...]
+
+    def __post_init__(self):
+        participants, sharing = tuple(sorted(int(p) for p in self.participants)), tuple(sorted(int(p) for p in self.sharing))
+        if len(set(participants)) != len(participants) or len(set(sharing)) != len(sharing):
+            raise ValueError("graph view: repeated node ids")
+        if not set(sharing) <= set(participants):
+            raise ValueError("graph view: hospitals sharing keys that are not participants")
+        object.__setattr__(self, "participants", participants)
+        object.__setattr__(self, "sharing", sharing)
+        object.__setattr__(self, "num_shares", int(self.num_shares))
+
+    def peers_of(self, node: int) -> set[int]:
+        """The neighbours `node` shares with, itself included."""
+        if node not in self.sharing:
+            raise ValueError(f"graph view: hospital {node} is not among those sharing keys")
+        return set(circulant_neighbours(self.participants, self.num_shares)[node]).intersection(self.sharing)
+
+    def digest(self) -> bytes:
+        data = b"fedcxr/secagg/graph" + u64(self.num_shares)
+        for ids in (self.participants, self.sharing):
+            data += u64(len(ids)) + b"".join(u64(i) for i in ids)
+        return hashlib.sha256(data).digest()

@@ -68,8 +68,9 @@ class RoundKeys:
                 and isinstance(self.signature, bytes) and len(self.signature) == SIGNATURE_BYTES)
 
 
-def survivors_message(run_id: int, server_round: int, node: int, survivors) -> bytes:
-    return b"fedcxr/secagg/survivors" + u64(run_id) + u64(server_round) + u64(node) + b"".join(
+def survivors_message(run_id: int, server_round: int, node: int, survivors, graph: bytes) -> bytes:
+    """What a survivor signs: the list, and the digest of the graph it was shown (GraphView.digest)."""
+    return b"fedcxr/secagg/survivors" + u64(run_id) + u64(server_round) + u64(node) + graph + b"".join(
         u64(s) for s in sorted(survivors))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
+from src.secagg.graph import GraphView
 from src.secagg.identity import RoundKeys
 
 
@@ -42,15 +43,22 @@ def round_keys(record) -> RoundKeys:
     return RoundKeys(str(record["name"]), record["c_pk"], record["s_pk"], record["commitment"], record["signature"])
 
 
-def peers_record(server_round: int, peers: dict[int, RoundKeys]) -> ConfigRecord:
-    """The neighbours' signed keys a hospital needs for stage 2, one list per field."""
+def peers_record(server_round: int, peers: dict[int, RoundKeys], view: GraphView) -> ConfigRecord:
+    """The neighbours' signed keys a hospital needs for stage 2, one list per field, and the graph."""
     keys = list(peers.values())
     return ConfigRecord({"round": server_round, "nodes": list(peers), "names": [k.name for k in keys],
                          "c_pk": [k.c_pk for k in keys], "s_pk": [k.s_pk for k in keys],
-                         "commitments": [k.commitment for k in keys], "signatures": [k.signature for k in keys]})
+                         "commitments": [k.commitment for k in keys], "signatures": [k.signature for k in keys],
+                         "participants": list(view.participants), "num_shares": view.num_shares,
+                         "sharing": list(view.sharing)})
 
 
 def peers_keys(record) -> dict[int, RoundKeys]:
     """`peers_record` read back."""
     fields = ("nodes", "names", "c_pk", "s_pk", "commitments", "signatures")
     return {int(node): RoundKeys(str(name), *rest) for node, name, *rest in zip(*(record[f] for f in fields))}
+
+
+def peers_view(record) -> GraphView:
+    """The graph of a `peers_record`; KeyError, TypeError or ValueError when malformed."""
+    return GraphView(tuple(record["participants"]), record["num_shares"], tuple(record["sharing"]))

@@ -11,7 +11,7 @@ shares at any stage raise BelowThresholdError (the caller keeps the old model).
     server = ServerSession(rnd, participants, vector_length, clip_range=..., quant_bits=...)
     config = server.client_config()                           # to every participant
     server.receive_public_keys(node, round_keys)              # stage 1 answers (signed RoundKeys)
-    for node, keys in server.share_keys_requests().items():   # {node: {peer: RoundKeys}}
+    for node, keys in server.share_keys_requests().items():   # {node: {peer: RoundKeys}}, and server.view
     server.receive_ciphertexts(node, {dst: ct})               # stage 2 answers
     for node, cts in server.masked_input_requests().items():  # {node: {src: ct}}
     server.receive_masked_vector(node, vector)                # stage 3 answers
@@ -37,6 +37,7 @@ import numpy as np
 from .encoding import check_params, check_range
 from .errors import BelowThresholdError, SecAggError
 from .graph import (
+    GraphView,
     circulant_neighbours,
     components,
     default_num_shares,
@@ -72,9 +73,8 @@ class ServerSession:
         self.vector_length = int(vector_length)
         self.clip_range, self.quant_bits = float(clip_range), int(quant_bits)
         n = len(self.participants)
-        if num_shares is None:
-            num_shares = default_num_shares(max(n, 1))
-        self.neighbours = circulant_neighbours(self.participants, num_shares)
+        self.num_shares = int(num_shares) if num_shares is not None else default_num_shares(max(n, 1))
+        self.neighbours = circulant_neighbours(self.participants, self.num_shares)
         degree = len(next(iter(self.neighbours.values()))) if n else 0
         self.threshold = int(threshold) if threshold is not None else default_threshold(degree)
         if not 2 <= self.threshold <= degree:
@@ -89,6 +89,7 @@ class ServerSession:
         self.signatures: dict[int, bytes] = {}
         self.shares: dict[int, tuple[dict[int, bytes], dict[int, bytes]]] = {}
         self._sent: dict[int, set[int]] = {}  # node -> the neighbours whose keys it was sent
+        self.view: GraphView | None = None  # the graph announced with them (set when stage 1 closes)
         self._sum = np.zeros(self.vector_length + 1, dtype=np.uint64)
         self.survivors: list[int] = []
         self.dropped: list[int] = []
@@ -143,7 +144,8 @@ class ServerSession:
         return True
 
     def share_keys_requests(self) -> dict[int, dict[int, RoundKeys]]:
-        """Close stage 1: {node: {neighbour: RoundKeys}} (itself included) for each hospital to ask."""
+        """Close stage 1: {node: {neighbour: RoundKeys}} (itself included) for each hospital to ask,
+        each with `view`, the graph they are the neighbourhoods of."""
         alive = set(self._close("advertise_keys", self.public_keys))
         short = True
         while short:  # a hospital that cannot share t-of-n is left out, which may leave out others
@@ -156,6 +158,7 @@ class ServerSession:
             raise BelowThresholdError(f"secagg round {self.round}: only {len(alive)} hospitals can share keys, "
                                       f"threshold {self.threshold}")
         self._sent = {node: alive.intersection(self.neighbours[node]) for node in alive}
+        self.view = GraphView(tuple(self.participants), self.num_shares, tuple(alive))
         return {node: {p: self.public_keys[p] for p in sorted(near)} for node, near in self._sent.items()}
 
     # -- stage 2: share keys ----------------------------------------------------------------

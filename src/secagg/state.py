@@ -5,7 +5,7 @@ remember from one stage to the next (its private keys, its seed b, the shares it
 holds) goes into Context.state as bytes. Format: UTF-8 JSON, one object, no
 executable content (never pickle):
 
-    {"format": "fedcxr-secagg-client/2",
+    {"format": "fedcxr-secagg-client/3",
      "node_id": int, "run_id": int, "round": int, "threshold": int, "clip_range": float,
      "quant_bits": int, "vector_length": int | null,
      "min_threshold": int, "min_survivors": int,   # the hospital's own policy, not the server's
@@ -13,6 +13,7 @@ executable content (never pickle):
      "c_sk": b64 | null, "s_sk": b64 | null, "b": b64 | null,   # wiped after masking
      "peers":    [[node, c_pk b64, s_pk b64], ...],   # neighbours' keys, itself included
      "names":    [[node, hospital], ...],         # neighbours' roster names (their keys were signed)
+     "graph": b64 | null,                         # digest of the graph it was shown (signed with survivors)
      "survivors": [node, ...] | null,             # the survivor list it signed (consistency check)
      "shares":   [[node, b-share b64, sk-share b64], ...],   # shares it holds, its own included
      "rejected": [[node, reason], ...],   # ciphertexts that failed authentication
@@ -29,7 +30,7 @@ import binascii
 import json
 from dataclasses import dataclass, field
 
-FORMAT = "fedcxr-secagg-client/2"
+FORMAT = "fedcxr-secagg-client/3"
 STAGES = ("new", "advertised", "shared", "masked", "signed", "unmasked")
 
 
@@ -55,6 +56,7 @@ class ClientState:
     peers: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     shares: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     names: dict[int, str] = field(default_factory=dict)
+    graph: bytes | None = None
     survivors: list[int] | None = None
     rejected: dict[int, str] = field(default_factory=dict)
     revealed: dict[int, str] = field(default_factory=dict)
@@ -70,6 +72,7 @@ class ClientState:
             "peers": [[k, _enc(c), _enc(s)] for k, (c, s) in sorted(self.peers.items())],
             "shares": [[k, _enc(b), _enc(s)] for k, (b, s) in sorted(self.shares.items())],
             "names": [[k, v] for k, v in sorted(self.names.items())],
+            "graph": _enc(self.graph),
             "survivors": self.survivors,
             "rejected": [[k, v] for k, v in sorted(self.rejected.items())],
             "revealed": [[k, v] for k, v in sorted(self.revealed.items())],
@@ -101,6 +104,7 @@ class ClientState:
             peers={k: (_req(c, "peers"), _req(s, "peers")) for k, c, s in _rows(doc, "peers", 3)},
             shares={k: (_req(b, "shares"), _req(s, "shares")) for k, b, s in _rows(doc, "shares", 3)},
             names={k: _str(v, "names") for k, v in _rows(doc, "names", 2)},
+            graph=_dec(doc.get("graph"), "graph"),
             survivors=_survivors(doc.get("survivors")),
             rejected={k: _str(v, "rejected") for k, v in _rows(doc, "rejected", 2)},
             revealed={k: _kind(v) for k, v in _rows(doc, "revealed", 2)},

@@ -122,7 +122,8 @@ class SecureAggregationMixin:
                 n, round_keys(c["keys"])))
         requests = session.share_keys_requests()
         for node, content in self._ask(server_round, "secagg_share", {
-                n: RecordDict({"peers": peers_record(server_round, peers)}) for n, peers in requests.items()}):
+                n: RecordDict({"peers": peers_record(server_round, peers, session.view)})
+                for n, peers in requests.items()}):
             self._read(session, "share_keys", node, lambda c=content, n=node: self._ciphertexts(session, n, c))
         return session, session.masked_input_requests(), "shared before training"
 
@@ -155,7 +156,7 @@ class SecureAggregationMixin:
         if prepared is not None:
             try:
                 for n, peers in prepared.share_keys_requests().items():
-                    contents.setdefault(n, RecordDict())["peers"] = peers_record(server_round + 1, peers)
+                    contents.setdefault(n, RecordDict())["peers"] = peers_record(server_round + 1, peers, prepared.view)
             except BelowThresholdError as e:
                 log.warning("%s; round %d will share keys before training", e, server_round + 1)
                 self.prepared = prepared = None

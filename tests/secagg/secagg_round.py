@@ -55,7 +55,7 @@ class Federation:
         for node, keys in self.requests.items():
             if node not in skip:
                 assert self.server.receive_ciphertexts(node, self._run(
-                    node, lambda s, keys=keys, n=node: s.share_keys(keys, self.identities[n])))
+                    node, lambda s, keys=keys, n=node: s.share_keys(keys, self.identities[n], self.server.view)))
 
     def masked_input(self, updates, weights, skip=(), tamper=lambda requests: None):
         self.requests = self.server.masked_input_requests()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from src.secagg import BelowThresholdError, ClientSession, SecAggError
+from src.secagg.graph import GraphView
 from src.secagg.identity import consortium
 from tests.secagg.secagg_round import Federation, expected_sum, random_inputs
 
@@ -77,7 +78,7 @@ def test_ciphertexts_for_the_wrong_neighbours_are_ignored():
     fed.advertise()
     requests = fed.server.share_keys_requests()
     node = IDS[0]
-    cts = fed.session(node).share_keys(requests[node], fed.identities[node])
+    cts = fed.session(node).share_keys(requests[node], fed.identities[node], fed.server.view)
     assert not fed.server.receive_ciphertexts(node, {**cts, IDS[2]: b"x" * 80})
     assert "expected ciphertexts for" in reasons(fed, "share_keys")[node]
     assert fed.server.receive_ciphertexts(node, cts)
@@ -158,11 +159,62 @@ def test_a_hospital_singled_out_by_withheld_shares_refuses_to_unmask():
             fed.session(node).unmask(survivors, partners, signatures, fed.identities[node])
 
 
+def test_neighbourhoods_tailored_hospital_by_hospital_do_not_unmask_one():
+    """9 hospitals, threshold 3 (a strict majority of every neighbourhood shown), none colluding.
+    The server shows u the neighbours w1, w2, v1, v2 and hands it only w1's and w2's shares; shows
+    w1 and w2 the neighbours u, z1, z2, z3; v1 and v2 the neighbours u, y and each other, y only
+    v1 and v2. u, w1, w2 sign {u, w1, w2}; v1, v2, y sign {u, v1, v2, y}; z1, z2, z3 sign
+    {z1, z2, z3} and reveal the mask keys of w1 and w2. Were signatures valid whatever graph their
+    signer was shown, u, v1 and v2 would reveal u's seed b, and with both mask keys it used the
+    server would rebuild u's update alone. Signed with the graph, u counts only its own signature
+    and v1, v2 only theirs: u's seed b never leaves a hospital."""
+    u, w1, w2, v1, v2, y, z1, z2, z3 = ids = list(range(1, 10))
+    shown = {u: (u, w1, w2, v1, v2), w1: (w1, u, z1, z2, z3), w2: (w2, u, z1, z2, z3),
+             v1: (u, v1, v2, y), v2: (u, v1, v2, y), y: (v1, v2, y), **{z: (z1, z2, z3, w1, w2) for z in (z1, z2, z3)}}
+    lists = {**{n: [u, w1, w2] for n in (u, w1, w2)}, **{n: [u, v1, v2, y] for n in (v1, v2, y)},
+             **{z: [z1, z2, z3] for z in (z1, z2, z3)}}
+    me = dict(zip(ids, consortium([f"hospital_{i}" for i in ids]).values()))
+    sessions = {n: ClientSession(n, server_round=1, threshold=3, clip_range=1.0, quant_bits=16) for n in ids}
+    keys = {n: sessions[n].advertise_keys(me[n]) for n in ids}
+    sent = {n: sessions[n].share_keys({p: keys[p] for p in shown[n]}, me[n], GraphView(shown[n], 5, shown[n]))
+            for n in ids}
+    inbox = {n: {src: sent[src][n] for src in shown[n] if n in sent.get(src, {})} for n in ids}
+    inbox[u] = {src: inbox[u][src] for src in (w1, w2)}  # it masks with w1 and w2 alone
+    updates, weights = random_inputs(ids, L)
+    for n in ids:
+        sessions[n].masked_input(inbox[n], updates[n], weights[n])
+    signatures = {n: sessions[n].sign_survivors(lists[n], me[n]) for n in ids}
+    b_of_u, sk_of = 0, {w1: 0, w2: 0}
+    for n, dropped in [(u, []), (v1, []), (v2, []), (z1, [w1, w2]), (z2, [w1, w2]), (z3, [w1, w2])]:
+        together = {m: signatures[m] for m in ids if lists[m] == lists[n]}
+        try:
+            b, sk = sessions[n].unmask(lists[n], dropped, together, me[n])
+        except SecAggError as err:
+            assert f"only {1 if n == u else 2} of its surviving neighbours signed the survivor list and graph" in str(err)
+            continue
+        b_of_u += u in b
+        for w in sk:
+            sk_of[w] += 1
+    assert sk_of == {w1: 3, w2: 3}  # the mask keys u used are the server's ...
+    assert b_of_u == 0  # ... but its seed b is not: u's update stays masked
+
+
+def test_keys_that_are_not_the_announced_neighbourhood_are_refused():
+    fed = Federation(IDS, L)
+    fed.advertise()
+    requests, node = fed.server.share_keys_requests(), IDS[0]
+    fewer = {p: k for p, k in requests[node].items() if p != IDS[4]}
+    with pytest.raises(SecAggError, match=r"but its neighbours in the announced graph are"):
+        fed.session(node).share_keys(fewer, fed.identities[node], fed.server.view)
+    with pytest.raises(SecAggError, match="malformed graph"):
+        fed.session(node).share_keys(requests[node], fed.identities[node], GraphView(IDS[1:], 5, IDS[1:]))
+
+
 def test_client_stages_must_come_in_order():
     me = consortium(["hospital_1"])["hospital_1"]
     session = ClientSession(1, server_round=2, threshold=2, clip_range=1.0, quant_bits=8)
     with pytest.raises(SecAggError, match="out of order"):
-        session.share_keys({}, me)
+        session.share_keys({}, me, None)
     with pytest.raises(SecAggError, match="out of order"):
         session.unmask([], [], {}, me)
     session.advertise_keys(me)

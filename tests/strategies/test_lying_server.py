@@ -12,9 +12,10 @@ import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from src.secagg import BelowThresholdError, RoundKeys, SecAggError
+from src.secagg.graph import GraphView
 from src.secagg.identity import consortium
 from src.secagg.keys import generate_keypair
-from src.secagg.records import peers_keys, peers_record
+from src.secagg.records import peers_keys, peers_record, peers_view
 from src.server.rounds import RoundFailed, run_rounds
 from tests.strategies.federation_grid import (
     NODES,
@@ -53,12 +54,13 @@ def test_substituted_or_invented_neighbours_are_refused(consortium_dir, attack):
         if msg.metadata.dst_node_id != TARGET:
             return msg
         record = msg.content["peers"]
-        keys = peers_keys(record)
+        keys, view = peers_keys(record), peers_view(record)
         if attack == "substitute":  # hospital_22's keys replaced by the server's own
             keys[NODES[1]] = server_owned_keys("hospital_22")
-        else:  # a neighbour that does not exist
+        else:  # a neighbour that does not exist, in a graph that has it
             keys[99] = server_owned_keys("hospital_99")
-        return rewritten(msg, peers=peers_record(int(record["round"]), keys))
+            view = GraphView((*view.participants, 99), len(view.participants) + 1, (*view.sharing, 99))
+        return rewritten(msg, peers=peers_record(int(record["round"]), keys, view))
 
     grid.lies["train.secagg_share"] = lie
     run_round(s, grid, 1, start_model())  # the others go on without the target
@@ -86,7 +88,7 @@ def test_keys_replayed_from_an_earlier_round_are_refused(consortium_dir):
         record = msg.content["peers"]
         keys = peers_keys(record)
         keys[NODES[1]] = old
-        return rewritten(msg, peers=peers_record(int(record["round"]), keys))
+        return rewritten(msg, peers=peers_record(int(record["round"]), keys, peers_view(record)))
 
     grid.lies = {"train.secagg_unmask": replay, "train.secagg_share": replay}
     s.prepared = None  # round 2 shares its keys on its own, through the lie

@@ -31,13 +31,13 @@ def setup(msg: Message, context: Context, hospital: str) -> Message:
 
 def share_keys(msg: Message, context: Context) -> Message:
     """`train.secagg_share`: stage 2 — encrypted shares of this hospital's secrets for its neighbours."""
-    return Message(RecordDict({"shares": _share(context, msg.content["peers"])}), reply_to=msg)
+    return Message(RecordDict({"shares": _share(msg, context, msg.content["peers"])}), reply_to=msg)
 
 
 def consistency(msg: Message, context: Context) -> Message:
     """`train.secagg_consistency`: sign the survivor list (Bonawitz et al.'s consistency check)."""
     ask = msg.content["consistency"]
-    session = _load(context, int(ask["round"]))
+    session = _load(msg, context, int(ask["round"]))
     signature = session.sign_survivors(list(ask["survivors"]), identity(context))
     _store(context, session)
     return Message(RecordDict({"consistency": ConfigRecord({"signature": signature})}), reply_to=msg)
@@ -46,14 +46,12 @@ def consistency(msg: Message, context: Context) -> Message:
 def check_ready(msg: Message, context: Context) -> None:
     """Before training: this round's keys are shared and enough neighbours shared theirs."""
     server_round = int(msg.content["secagg"]["server_round"])
-    if PREFIX + str(server_round) not in context.state:
-        raise SecAggError(f"no secure-aggregation keys for round {server_round} on this hospital")
-    _load(context, server_round).check_senders([int(n) for n in msg.content["secagg-shares"]["from"]])
+    _load(msg, context, server_round).check_senders([int(n) for n in msg.content["secagg-shares"]["from"]])
 
 
 def contribute(msg: Message, context: Context, update: np.ndarray, num_examples: int) -> dict:
     """In the train reply: the masked update (stage 3) and public keys for the next round (its stage 1)."""
-    session = _load(context, int(msg.content["secagg"]["server_round"]))
+    session = _load(msg, context, int(msg.content["secagg"]["server_round"]))
     shares = msg.content["secagg-shares"]
     masked = session.masked_input(dict(zip(shares["from"], shares["ciphertexts"])), update, num_examples)
     _store(context, session)
@@ -77,15 +75,14 @@ def unmask(msg: Message, context: Context) -> Message:
     reply = RecordDict()
     if "unmask" in msg.content:
         ask = msg.content["unmask"]
-        key = PREFIX + str(int(ask["round"]))
+        session = _load(msg, context, int(ask["round"]))
         signatures = dict(zip(ask["signers"], ask["signatures"]))
-        b, sk = ClientSession.from_bytes(context.state[key]["state"]).unmask(
-            list(ask["survivors"]), list(ask["dropped"]), signatures, identity(context))
-        del context.state[key]  # the round is over for this hospital
+        b, sk = session.unmask(list(ask["survivors"]), list(ask["dropped"]), signatures, identity(context))
+        del context.state[PREFIX + str(session.state.round)]  # the round is over for this hospital
         reply["b"] = ConfigRecord({"nodes": list(b), "shares": list(b.values())})
         reply["sk"] = ConfigRecord({"nodes": list(sk), "shares": list(sk.values())})
     if "peers" in msg.content:
-        reply["shares"] = _share(context, msg.content["peers"])
+        reply["shares"] = _share(msg, context, msg.content["peers"])
     return Message(reply, reply_to=msg)
 
 
@@ -102,8 +99,8 @@ def _advertise(msg: Message, context: Context, settings: ConfigRecord) -> Config
     return keys_record(keys)
 
 
-def _share(context: Context, peers: ConfigRecord) -> ConfigRecord:
-    session = _load(context, int(peers["round"]))
+def _share(msg: Message, context: Context, peers: ConfigRecord) -> ConfigRecord:
+    session = _load(msg, context, int(peers["round"]))
     try:
         view = peers_view(peers)
     except (KeyError, TypeError, ValueError) as err:
@@ -117,5 +114,14 @@ def _store(context: Context, session: ClientSession) -> None:
     context.state[PREFIX + str(session.state.round)] = ConfigRecord({"state": session.to_bytes()})
 
 
-def _load(context: Context, server_round: int) -> ClientSession:
-    return ClientSession.from_bytes(context.state[PREFIX + str(server_round)]["state"])
+def _load(msg: Message, context: Context, server_round: int) -> ClientSession:
+    """This round's session, if it belongs to the message's run (Flower keeps Context.state across the runs of
+    a series)."""
+    key = PREFIX + str(server_round)
+    if key not in context.state:
+        raise SecAggError(f"no secure-aggregation keys for round {server_round} on this hospital")
+    session = ClientSession.from_bytes(context.state[key]["state"])
+    if session.state.run_id != msg.metadata.run_id:
+        raise SecAggError(f"the secure-aggregation session of round {server_round} belongs to run "
+                          f"{session.state.run_id}, not to run {msg.metadata.run_id}")
+    return session

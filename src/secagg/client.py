@@ -157,7 +157,7 @@ class ClientSession:
             else:
                 ciphertexts[node] = encrypt_shares(st.c_sk, peers[node][0], st.round, self.node_id, node,
                                                    b_share, sk_share)
-        st.peers, st.names, st.graph = peers, names, view.digest()
+        st.peers, st.names, st.view = peers, names, view
         st.stage = "shared"
         return ciphertexts
 
@@ -216,7 +216,8 @@ class ClientSession:
                               f"round {st.round}")
         self._check_survivors(survivors)
         st.survivors, st.stage = survivors, "signed"
-        return identity.sign(survivors_message(st.run_id, st.round, self.node_id, survivors, st.graph))
+        return identity.sign(survivors_message(st.run_id, st.round, self.node_id, survivors, st.view.digest(),
+                                               st.peers[self.node_id]))
 
     @property
     def partners(self) -> set[int]:
@@ -229,6 +230,10 @@ class ClientSession:
         if self.node_id not in survivors:
             raise SecAggError(f"hospital {self.node_id}: refusing to unmask: not listed as a survivor although it "
                               "sent its masked input")
+        strangers = sorted(set(survivors).difference(st.view.sharing))
+        if strangers:  # ids that hold no mask would pad a short list past min_survivors
+            raise SecAggError(f"hospital {self.node_id}: refusing to unmask: survivors {strangers} did not share "
+                              "keys in the graph the server announced")
         withheld = sorted(set(survivors).intersection(st.peers) - self.partners)
         if withheld:  # Bonawitz et al.'s U3 ⊆ U2. Otherwise the server withholds the shares of all but a few
             # neighbours, lists those few as dropped and the others as survivors, and rebuilds this hospital's
@@ -248,8 +253,9 @@ class ClientSession:
         """Shares of b for surviving neighbours, of s_sk for dropped ones: ({node: share}, {node: share}).
 
         Only for the survivor list it signed, and only when at least `threshold` of its
-        surviving neighbours signed that same list and graph (a server that told hospitals
-        different lists, or showed them different graphs, is caught here). Refuses (SecAggError) to reveal both kinds for
+        surviving neighbours signed that same list and graph with the keys it holds of them (a
+        server that told hospitals different lists, showed them different graphs, or started
+        a hospital's round again to have it sign twice, is caught here). Refuses (SecAggError) to reveal both kinds for
         one hospital, in this call or across calls: b and s_sk together would unmask its update.
         """
         self._expect("signed", "unmasked")
@@ -263,9 +269,10 @@ class ClientSession:
             raise SecAggError(f"hospital {self.node_id}: refusing to unmask: {sorted(both)} listed as both "
                               "survivor and dropped")
         self._check_survivors(survivors)
+        graph = st.view.digest()
         signed = [n for n in survivors if n in st.names and isinstance(signatures.get(n), bytes)
                   and identity.verify(st.names[n], signatures[n], survivors_message(st.run_id, st.round, n,
-                                                                                     survivors, st.graph))]
+                                                                                     survivors, graph, st.peers[n]))]
         if len(signed) < st.threshold:
             raise SecAggError(f"hospital {self.node_id}: refusing to unmask: only {len(signed)} of its surviving "
                               f"neighbours signed the survivor list and graph it was given, threshold {st.threshold} "

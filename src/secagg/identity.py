@@ -68,10 +68,14 @@ class RoundKeys:
                 and isinstance(self.signature, bytes) and len(self.signature) == SIGNATURE_BYTES)
 
 
-def survivors_message(run_id: int, server_round: int, node: int, survivors, graph: bytes) -> bytes:
-    """What a survivor signs: the list, and the digest of the graph it was shown (GraphView.digest)."""
+def survivors_message(run_id: int, server_round: int, node: int, survivors, graph: bytes,
+                      keys: tuple[bytes, bytes]) -> bytes:
+    """What a survivor signs: the list, the digest of the graph it was shown (GraphView.digest) and its
+    own round keys (c_pk, s_pk). The keys tie the signature to one session: a server that starts a
+    hospital's round again (fresh keys) cannot have the new session sign a second list that the
+    neighbours holding the first session's shares would count."""
     return b"fedcxr/secagg/survivors" + u64(run_id) + u64(server_round) + u64(node) + graph + b"".join(
-        u64(s) for s in sorted(survivors))
+        keys) + b"".join(u64(s) for s in sorted(survivors))
 
 
 class Identity:

@@ -13,7 +13,8 @@ executable content (never pickle):
      "c_sk": b64 | null, "s_sk": b64 | null, "b": b64 | null,   # wiped after masking
      "peers":    [[node, c_pk b64, s_pk b64], ...],   # neighbours' keys, itself included
      "names":    [[node, hospital], ...],         # neighbours' roster names (their keys were signed)
-     "graph": b64 | null,                         # digest of the graph it was shown (signed with survivors)
+     "view": {"participants": [node, ...], "num_shares": int, "sharing": [node, ...]} | null,
+                                                  # the graph it was shown (its digest is signed with survivors)
      "survivors": [node, ...] | null,             # the survivor list it signed (consistency check)
      "shares":   [[node, b-share b64, sk-share b64], ...],   # shares it holds, its own included
      "rejected": [[node, reason], ...],   # ciphertexts that failed authentication
@@ -29,6 +30,8 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
+
+from .graph import GraphView
 
 FORMAT = "fedcxr-secagg-client/3"
 STAGES = ("new", "advertised", "shared", "masked", "signed", "unmasked")
@@ -56,7 +59,7 @@ class ClientState:
     peers: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     shares: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     names: dict[int, str] = field(default_factory=dict)
-    graph: bytes | None = None
+    view: GraphView | None = None
     survivors: list[int] | None = None
     rejected: dict[int, str] = field(default_factory=dict)
     revealed: dict[int, str] = field(default_factory=dict)
@@ -72,7 +75,9 @@ class ClientState:
             "peers": [[k, _enc(c), _enc(s)] for k, (c, s) in sorted(self.peers.items())],
             "shares": [[k, _enc(b), _enc(s)] for k, (b, s) in sorted(self.shares.items())],
             "names": [[k, v] for k, v in sorted(self.names.items())],
-            "graph": _enc(self.graph),
+            "view": None if self.view is None else {"participants": list(self.view.participants),
+                                                    "num_shares": self.view.num_shares,
+                                                    "sharing": list(self.view.sharing)},
             "survivors": self.survivors,
             "rejected": [[k, v] for k, v in sorted(self.rejected.items())],
             "revealed": [[k, v] for k, v in sorted(self.revealed.items())],
@@ -104,7 +109,7 @@ class ClientState:
             peers={k: (_req(c, "peers"), _req(s, "peers")) for k, c, s in _rows(doc, "peers", 3)},
             shares={k: (_req(b, "shares"), _req(s, "shares")) for k, b, s in _rows(doc, "shares", 3)},
             names={k: _str(v, "names") for k, v in _rows(doc, "names", 2)},
-            graph=_dec(doc.get("graph"), "graph"),
+            view=_view(doc.get("view")),
             survivors=_survivors(doc.get("survivors")),
             rejected={k: _str(v, "rejected") for k, v in _rows(doc, "rejected", 2)},
             revealed={k: _kind(v) for k, v in _rows(doc, "revealed", 2)},
@@ -152,6 +157,20 @@ def _survivors(value) -> list[int] | None:
     if not isinstance(value, list):
         raise StateError("secagg client state: survivors: expected a list of node ids")
     return [_int({"node": v}, "node") for v in value]
+
+
+def _view(value) -> GraphView | None:
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and isinstance(value.get("participants"), list)
+            and isinstance(value.get("sharing"), list)):
+        raise StateError("secagg client state: view: expected participants, num_shares and sharing")
+    try:
+        return GraphView(tuple(_int({"node": v}, "node") for v in value["participants"]),
+                         _int(value, "num_shares"),
+                         tuple(_int({"node": v}, "node") for v in value["sharing"]))
+    except ValueError as err:
+        raise StateError(f"secagg client state: view: {err}") from None
 
 
 def _kind(value) -> str:

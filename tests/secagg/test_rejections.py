@@ -7,7 +7,7 @@ import pytest
 
 from src.secagg import BelowThresholdError, ClientSession, SecAggError
 from src.secagg.graph import GraphView
-from src.secagg.identity import consortium
+from src.secagg.identity import consortium, survivors_message
 from tests.secagg.secagg_round import Federation, expected_sum, random_inputs
 
 IDS = [3, 9, 27, 81, 243]
@@ -163,11 +163,11 @@ def test_neighbourhoods_tailored_hospital_by_hospital_do_not_unmask_one():
     """9 hospitals, threshold 3 (a strict majority of every neighbourhood shown), none colluding.
     The server shows u the neighbours w1, w2, v1, v2 and hands it only w1's and w2's shares; shows
     w1 and w2 the neighbours u, z1, z2, z3; v1 and v2 the neighbours u, y and each other, y only
-    v1 and v2. u, w1, w2 sign {u, w1, w2}; v1, v2, y sign {u, v1, v2, y}; z1, z2, z3 sign
-    {z1, z2, z3} and reveal the mask keys of w1 and w2. Were signatures valid whatever graph their
-    signer was shown, u, v1 and v2 would reveal u's seed b, and with both mask keys it used the
-    server would rebuild u's update alone. Signed with the graph, u counts only its own signature
-    and v1, v2 only theirs: u's seed b never leaves a hospital."""
+    v1 and v2. It asks u, w1, w2 to sign {u, w1, w2}; v1, v2, y {u, v1, v2, y}; z1, z2, z3
+    {z1, z2, z3}, and the z's to reveal the mask keys of w1 and w2. Had u, v1 and v2 revealed u's
+    seed b, the server would rebuild u's update alone (it did before hospitals checked the graph).
+    Now hospitals sign only lists within the graph they were shown, count only signatures made
+    under that graph, and u's seed b never leaves a hospital."""
     u, w1, w2, v1, v2, y, z1, z2, z3 = ids = list(range(1, 10))
     shown = {u: (u, w1, w2, v1, v2), w1: (w1, u, z1, z2, z3), w2: (w2, u, z1, z2, z3),
              v1: (u, v1, v2, y), v2: (u, v1, v2, y), y: (v1, v2, y), **{z: (z1, z2, z3, w1, w2) for z in (z1, z2, z3)}}
@@ -183,20 +183,60 @@ def test_neighbourhoods_tailored_hospital_by_hospital_do_not_unmask_one():
     updates, weights = random_inputs(ids, L)
     for n in ids:
         sessions[n].masked_input(inbox[n], updates[n], weights[n])
-    signatures = {n: sessions[n].sign_survivors(lists[n], me[n]) for n in ids}
+    signatures = {}
+    for n in ids:
+        try:
+            signatures[n] = sessions[n].sign_survivors(lists[n], me[n])
+        except SecAggError as err:
+            assert n in (w1, w2, y) and "did not share keys in the graph the server announced" in str(err)
     b_of_u, sk_of = 0, {w1: 0, w2: 0}
     for n, dropped in [(u, []), (v1, []), (v2, []), (z1, [w1, w2]), (z2, [w1, w2]), (z3, [w1, w2])]:
-        together = {m: signatures[m] for m in ids if lists[m] == lists[n]}
+        together = {m: signatures[m] for m in signatures if lists[m] == lists[n]}
         try:
             b, sk = sessions[n].unmask(lists[n], dropped, together, me[n])
         except SecAggError as err:
-            assert f"only {1 if n == u else 2} of its surviving neighbours signed the survivor list and graph" in str(err)
+            assert f"only {1 if n == u else 2} of its surviving neighbours signed the survivor list" in str(err)
             continue
         b_of_u += u in b
         for w in sk:
             sk_of[w] += 1
     assert sk_of == {w1: 3, w2: 3}  # the mask keys u used are the server's ...
     assert b_of_u == 0  # ... but its seed b is not: u's update stays masked
+
+
+def test_only_signatures_under_the_same_graph_and_round_keys_count():
+    """A signature counts only if made under the graph this hospital was shown and with the round keys
+    it holds of the signer: otherwise a server could gather signatures across tailored graphs, or start
+    a hospital's round again (fresh keys, a fresh 'one list per round') to have it sign a second list."""
+    updates, weights = random_inputs(IDS, L)
+    fed = Federation(IDS, L)
+    fed.advertise()
+    fed.share_keys()
+    view, first_keys = fed.server.view, fed.requests[IDS[0]]
+    fed.masked_input(updates, weights)
+    node, survivors = IDS[0], IDS[:3]
+    signatures = {n: fed._run(n, lambda s, n=n: s.sign_survivors(survivors, fed.identities[n])) for n in survivors}
+    again = ClientSession(IDS[2], **fed.server.client_config())  # its round started again by the server
+    fresh = again.advertise_keys(fed.identities[IDS[2]])
+    junk = {src: bytes(80) for src in IDS[:2]}  # any ciphertexts do: they fail, but it masks with their senders
+    again.share_keys({**{p: k for p, k in first_keys.items() if p != IDS[2]}, IDS[2]: fresh}, fed.identities[IDS[2]],
+                     view)
+    again.masked_input(junk, updates[IDS[2]], weights[IDS[2]])
+    other = GraphView(IDS, 4, IDS)
+    forged = {**signatures, IDS[1]: fed.identities[IDS[1]].sign(survivors_message(
+        0, 1, IDS[1], survivors, other.digest(), fed.session(IDS[1]).state.peers[IDS[1]]))}
+    for bad in ({**signatures, IDS[2]: again.sign_survivors(survivors, fed.identities[IDS[2]])}, forged):
+        with pytest.raises(SecAggError, match="only 2 of its surviving neighbours signed the survivor list and graph"):
+            fed.session(node).unmask(survivors, IDS[3:], bad, fed.identities[node])
+    assert set(fed.session(node).unmask(survivors, IDS[3:], signatures, fed.identities[node])[0]) == set(survivors)
+
+
+def test_survivors_that_shared_no_keys_do_not_count():
+    """min_survivors 4: a list of three hospitals padded with an id that shared no keys is refused."""
+    updates, weights = random_inputs(IDS, L)
+    fed = through_masked_input(updates, weights)
+    with pytest.raises(SecAggError, match=r"survivors \[999\] did not share keys in the graph"):
+        fed.session(IDS[0]).sign_survivors([*IDS[:3], 999], fed.identities[IDS[0]])
 
 
 def test_keys_that_are_not_the_announced_neighbourhood_are_refused():

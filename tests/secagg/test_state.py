@@ -57,7 +57,7 @@ def test_malformed_state_is_refused(data, match):
     ("threshold", True, "threshold"),
     ("shares", [[1, "AA=="]], "shares"),
     ("revealed", [[1, "both"]], "revealed"),
-    ("graph", 7, "graph"),
+    ("view", {"participants": [1], "num_shares": 3, "sharing": [2]}, "view: graph view: hospitals sharing"),
 ])
 def test_tampered_state_fields_are_refused(field, value, match):
     s = ClientSession(5, server_round=1, threshold=2, clip_range=1.0, quant_bits=8)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
+from src.client import secure_aggregation
 from src.secagg import BelowThresholdError, RoundKeys, SecAggError
 from src.secagg.graph import GraphView
 from src.secagg.identity import consortium
@@ -177,6 +178,21 @@ def test_withholding_shares_to_single_out_a_hospital_is_refused(consortium_dir):
     assert any("their shares never reached it" in r for r in refusals(grid, TARGET))
     revealed = [r.content for r in grid.replies if not r.has_error() and "b" in r.content]
     assert not any(TARGET in list(c["b"]["nodes"]) for c in revealed)
+
+
+def test_a_session_left_from_another_run_is_refused(consortium_dir):
+    """Flower keeps Context.state across the runs of a series: round 2's session, prepared in run 1, is
+    not run 2's to drive."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    grid, s = Hospitals(consortium_dir), strategy(2)
+    run_round(s, grid, 1, start_model())  # round 2's keys are shared during round 1, in run 1
+    TaskIdentity.run_id = 2
+    ask = Message(RecordDict({"consistency": ConfigRecord({"round": 2, "survivors": NODES})}), dst_node_id=TARGET,
+                  message_type="train.secagg_consistency", group_id="2")
+    assert ask.metadata.run_id == 2
+    with pytest.raises(SecAggError, match="belongs to run 1, not to run 2"):
+        secure_aggregation.consistency(ask, grid.contexts[TARGET])
 
 
 def test_no_unmasking_below_min_hospitals_at_the_server(consortium_dir):

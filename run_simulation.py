@@ -80,7 +80,7 @@ def prepare_run(cfg: DictConfig, run_dir: Path, console: Console) -> tuple[DictC
     validate(cfg)
     # torch, MONAI and Opacus (seconds to import) only for a config that passed: a bad key is refused at once
     from src.training.privacy import plan
-    from src.launch.hospitals import cache_front_end_features, hospital_nodes, prepare_federation
+    from src.launch.hospitals import cache_front_end_features, hospital_nodes, hospital_policy, prepare_federation
     from src.models.initial import save_initial_model
     from src.server.readers import load_reads
     from src.strategies.secure import check_secagg
@@ -89,6 +89,7 @@ def prepare_run(cfg: DictConfig, run_dir: Path, console: Console) -> tuple[DictC
     if cfg.eval.reader_csv:
         cfg.eval.reader_csv = to_absolute_path(str(cfg.eval.reader_csv))
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    hospital_policy(cfg)  # a policy the run's own settings cannot meet is refused before any data is decoded
     federation = prepare_federation(cfg, run_dir, console)
     if cfg.eval.reader_csv:
         load_reads(cfg.eval.reader_csv, federation.select(split="test"), federation.classes, cfg.data.root)

@@ -63,6 +63,8 @@ def validate(cfg: DictConfig) -> None:
         (int(cfg.hospital.min_threshold) >= 2, "hospital.min_threshold", "at least 2", cfg.hospital.min_threshold),
         (cfg.hospital.min_survivors is None or int(cfg.hospital.min_survivors) >= 2, "hospital.min_survivors",
          "at least 2, or null", cfg.hospital.min_survivors),
+        (cfg.hospital.complete_graph in (None, True, False), "hospital.complete_graph", "true, false or null",
+         cfg.hospital.complete_graph),
         (cfg.hospital.max_epsilon is None or float(cfg.hospital.max_epsilon) > 0, "hospital.max_epsilon",
          "> 0, or null", cfg.hospital.max_epsilon),
         (cfg.data.layout == "synthetic" or Path(str(cfg.data.root)).expanduser().exists(), "data.root",

@@ -9,9 +9,12 @@ what the hospital accepts. Everything a lying server could abuse is read from he
     require-secure-aggregation              refuse to send an update that is not masked
     min-threshold                           refuse a secure-aggregation threshold below it
     min-survivors                           refuse to unmask a sum of fewer hospitals
+    complete-graph                          refuse a secure-aggregation graph in which some hospital
+                                            sharing keys is not its neighbour
     max-epsilon                             the ledger never goes past it
 
-Missing policy keys take the strict side (masking required, thresholds of at least 2).
+Missing policy keys take the strict side (masking required, thresholds of at least 2,
+a complete graph).
 Flower's simulation engine gives a virtual node only `partition-id`, so there the
 launcher writes the same settings to `hospitals/<name>.node.json`, the stand-in for
 that hospital's node config.
@@ -43,6 +46,7 @@ class Policy:
     require_secure_aggregation: bool = True
     min_threshold: int = 2
     min_survivors: int = 2
+    complete_graph: bool = True
     max_epsilon: float | None = None
 
     @classmethod
@@ -51,6 +55,7 @@ class Policy:
         return cls(require_secure_aggregation=bool(settings.get("require-secure-aggregation", True)),
                    min_threshold=max(2, int(settings.get("min-threshold", 2))),
                    min_survivors=max(2, int(settings.get("min-survivors", 2))),
+                   complete_graph=bool(settings.get("complete-graph", True)),
                    max_epsilon=None if max_epsilon is None else float(max_epsilon))
 
 

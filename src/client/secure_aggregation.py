@@ -91,7 +91,8 @@ def _advertise(msg: Message, context: Context, settings: ConfigRecord) -> Config
     rounds before the previous one are dropped."""
     rules = policy(context)
     session = ClientSession(msg.metadata.dst_node_id, **dict(settings), run_id=msg.metadata.run_id,
-                            min_threshold=rules.min_threshold, min_survivors=rules.min_survivors)
+                            min_threshold=rules.min_threshold, min_survivors=rules.min_survivors,
+                            complete_graph=rules.complete_graph)
     keys = session.advertise_keys(identity(context))
     for key in [k for k in context.state if k.startswith(PREFIX) and int(k[len(PREFIX):]) < session.state.round - 1]:
         del context.state[key]

@@ -21,6 +21,7 @@ from src.data.federation import Federation, build_federation
 from src.launch.configs import Hospital
 from src.models.features import features_file, raw_features, save_features
 from src.models.initial import FILE as INITIAL_MODEL, load_initial_model
+from src.secagg.graph import default_num_shares
 from src.secagg.identity import new_identity_key, write_roster
 
 
@@ -38,15 +39,29 @@ def prepare_federation(cfg: DictConfig, run_dir: Path, console: Console) -> Fede
 
 
 def hospital_policy(cfg: DictConfig) -> dict[str, bool | int | float]:
-    """The hospitals' policy (`hospital.*`) as node config; its defaults follow the run's own settings."""
+    """The hospitals' policy (`hospital.*`) as node config; its defaults follow the run's own settings.
+    ValueError for a policy the run's own settings would have every hospital refuse."""
     policy = cfg.hospital
+    if cfg.strategy.name == "secagg" and policy.complete_graph and not complete_graph(cfg):
+        raise ValueError("hospital.complete_graph=true: every hospital would refuse the run's sparse graph; set "
+                         f"strategy.num_shares={cfg.federation.num_hospitals} (or hospital.complete_graph=false)")
     require = policy.require_secure_aggregation
     max_epsilon = policy.max_epsilon if policy.max_epsilon is not None else cfg.privacy.get("target_epsilon")
     node = {"require-secure-aggregation": bool(cfg.strategy.name == "secagg" if require is None else require),
             "min-threshold": int(policy.min_threshold),
             "min-survivors": int(policy.min_survivors if policy.min_survivors is not None
-                                 else cfg.federation.min_hospitals)}
+                                 else cfg.federation.min_hospitals),
+            "complete-graph": bool(complete_graph(cfg) if policy.complete_graph is None else policy.complete_graph)}
     return node | ({"max-epsilon": float(max_epsilon)} if max_epsilon is not None else {})
+
+
+def complete_graph(cfg: DictConfig) -> bool:
+    """Whether the run's secure-aggregation graph makes every hospital a neighbour of every other."""
+    if cfg.strategy.name != "secagg":
+        return False
+    n = int(cfg.federation.num_hospitals)
+    num_shares = cfg.strategy.num_shares
+    return (int(num_shares) if num_shares is not None else default_num_shares(n)) >= n
 
 
 def identities(names: list[str], run_dir: Path) -> tuple[Path, dict[str, Path]]:

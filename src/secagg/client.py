@@ -11,10 +11,11 @@ until the next message (`ClientSession.from_bytes`).
     signature = session.sign_survivors(survivors, identity)         # consistency check
     b_shares, sk_shares = session.unmask(survivors, dropped, {node: signature}, identity)
 
-The hospital's own policy (`min_threshold`, `min_survivors`) is checked here, never
-taken from the server: a threshold below max(min_threshold, a strict majority of the
-neighbours it shares with) or a survivor list shorter than max(threshold,
-min_survivors) is refused.
+The hospital's own policy (`min_threshold`, `min_survivors`, `complete_graph`) is
+checked here, never taken from the server: a threshold below max(min_threshold, a
+strict majority of the neighbours it shares with), a survivor list shorter than
+max(threshold, min_survivors), or (with `complete_graph`) a graph in which a hospital
+sharing keys is not its neighbour is refused.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class ClientSession:
 
     def __init__(self, node_id: int, server_round: int, threshold: int, clip_range: float, quant_bits: int,
                  vector_length: int | None = None, *, run_id: int = 0, min_threshold: int = 2,
-                 min_survivors: int = 2):
+                 min_survivors: int = 2, complete_graph: bool = False):
         check_params(clip_range, quant_bits)
         for value in (node_id, server_round, run_id):
             u64(value)  # they travel as 8 bytes in keys, signatures and associated data
@@ -58,7 +59,7 @@ class ClientSession:
         self.state = ClientState(int(node_id), int(server_round), int(threshold), float(clip_range),
                                  int(quant_bits), None if vector_length is None else int(vector_length),
                                  run_id=int(run_id), min_threshold=int(min_threshold),
-                                 min_survivors=int(min_survivors))
+                                 min_survivors=int(min_survivors), complete_graph=bool(complete_graph))
 
     # -- serialization --------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -116,6 +117,10 @@ class ClientSession:
             expected = view.peers_of(self.node_id)
         except (AttributeError, TypeError, ValueError) as err:
             raise SecAggError(f"hospital {self.node_id}: refusing round {st.round}: malformed graph ({err})") from None
+        if st.complete_graph and expected != set(view.sharing):
+            raise SecAggError(f"hospital {self.node_id}: refusing round {st.round}: the announced graph makes it a "
+                              f"neighbour of {len(expected)} of the {len(view.sharing)} hospitals sharing keys, and "
+                              "its policy asks for all of them (hospital.complete_graph)")
         shown = {int(node) for node in public_keys} | {self.node_id}
         if shown != expected:
             raise SecAggError(f"hospital {self.node_id}: refusing round {st.round}: sent the keys of {sorted(shown)}, "

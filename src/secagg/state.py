@@ -8,7 +8,7 @@ executable content (never pickle):
     {"format": "fedcxr-secagg-client/3",
      "node_id": int, "run_id": int, "round": int, "threshold": int, "clip_range": float,
      "quant_bits": int, "vector_length": int | null,
-     "min_threshold": int, "min_survivors": int,   # the hospital's own policy, not the server's
+     "min_threshold": int, "min_survivors": int, "complete_graph": bool,   # the hospital's own policy
      "stage": "new" | "advertised" | "shared" | "masked" | "signed" | "unmasked",
      "c_sk": b64 | null, "s_sk": b64 | null, "b": b64 | null,   # wiped after masking
      "peers":    [[node, c_pk b64, s_pk b64], ...],   # neighbours' keys, itself included
@@ -52,6 +52,7 @@ class ClientState:
     run_id: int = 0
     min_threshold: int = 2
     min_survivors: int = 2
+    complete_graph: bool = False
     stage: str = "new"
     c_sk: bytes | None = None
     s_sk: bytes | None = None
@@ -70,7 +71,7 @@ class ClientState:
             "node_id": self.node_id, "round": self.round, "threshold": self.threshold,
             "clip_range": float(self.clip_range), "quant_bits": self.quant_bits,
             "vector_length": self.vector_length, "run_id": self.run_id, "min_threshold": self.min_threshold,
-            "min_survivors": self.min_survivors, "stage": self.stage,
+            "min_survivors": self.min_survivors, "complete_graph": self.complete_graph, "stage": self.stage,
             "c_sk": _enc(self.c_sk), "s_sk": _enc(self.s_sk), "b": _enc(self.b),
             "peers": [[k, _enc(c), _enc(s)] for k, (c, s) in sorted(self.peers.items())],
             "shares": [[k, _enc(b), _enc(s)] for k, (b, s) in sorted(self.shares.items())],
@@ -104,7 +105,8 @@ class ClientState:
             clip_range=float(clip), quant_bits=_int(doc, "quant_bits"),
             vector_length=None if vector_length is None else _int(doc, "vector_length"),
             run_id=_int(doc, "run_id"), min_threshold=_int(doc, "min_threshold"),
-            min_survivors=_int(doc, "min_survivors"), stage=doc["stage"],
+            min_survivors=_int(doc, "min_survivors"), complete_graph=_bool(doc, "complete_graph"),
+            stage=doc["stage"],
             c_sk=_dec(doc.get("c_sk"), "c_sk"), s_sk=_dec(doc.get("s_sk"), "s_sk"), b=_dec(doc.get("b"), "b"),
             peers={k: (_req(c, "peers"), _req(s, "peers")) for k, c, s in _rows(doc, "peers", 3)},
             shares={k: (_req(b, "shares"), _req(s, "shares")) for k, b, s in _rows(doc, "shares", 3)},
@@ -142,6 +144,13 @@ def _int(doc: dict, name: str) -> int:
     value = doc.get(name)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise StateError(f"secagg client state: {name}: expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _bool(doc: dict, name: str) -> bool:
+    value = doc.get(name)
+    if not isinstance(value, bool):
+        raise StateError(f"secagg client state: {name}: expected true or false, got {value!r}")
     return value
 
 

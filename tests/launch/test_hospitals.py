@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from src.config import compose_config
 from src.data.federation import build_federation
 from src.data.synthetic import generate
-from src.launch.hospitals import cache_front_end_features
+from src.launch.hospitals import cache_front_end_features, hospital_policy
 from src.models.features import features_file, raw_features
 from src.models.initial import load_initial_model, save_initial_model
 
@@ -37,3 +38,19 @@ def test_the_pooled_test_features_are_the_hospitals_test_rows_in_the_pooled_orde
     assert len(pooled) > 0 and {s.hospital for s in pooled} == set(federation.hospitals)
     torch.testing.assert_close(saved["features"], computed)
     assert torch.equal(saved["labels"], labels)
+
+
+@pytest.mark.parametrize("overrides, complete", [
+    (["federation.num_hospitals=3"], True),
+    (["federation.num_hospitals=20"], False),  # the default graph: 11 neighbours of 20
+    (["federation.num_hospitals=20", "strategy.num_shares=20"], True),
+    (["federation.num_hospitals=20", "strategy.num_shares=20", "hospital.complete_graph=true"], True),
+    (["federation.num_hospitals=3", "strategy=fedavg"], False),
+])
+def test_hospitals_ask_for_a_complete_graph_when_the_run_has_one(overrides, complete):
+    assert hospital_policy(compose_config(overrides))["complete-graph"] is complete
+
+
+def test_a_complete_graph_the_run_does_not_have_is_refused_by_name():
+    with pytest.raises(ValueError, match="strategy.num_shares=20"):
+        hospital_policy(compose_config(["federation.num_hospitals=20", "hospital.complete_graph=true"]))

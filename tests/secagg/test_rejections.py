@@ -231,6 +231,18 @@ def test_only_signatures_under_the_same_graph_and_round_keys_count():
     assert set(fed.session(node).unmask(survivors, IDS[3:], signatures, fed.identities[node])[0]) == set(survivors)
 
 
+def test_a_hospital_that_asks_for_a_complete_graph_refuses_a_sparse_one():
+    ids = list(range(1, 9))
+    fed = Federation(ids, L, num_shares=5)
+    fed.advertise()
+    requests = fed.server.share_keys_requests()
+    strict = ClientSession(1, **fed.server.client_config(), complete_graph=True)
+    strict.advertise_keys(fed.identities[1])
+    with pytest.raises(SecAggError, match=r"neighbour of 5 of the 8 hospitals .* \(hospital.complete_graph\)"):
+        strict.share_keys(requests[1], fed.identities[1], fed.server.view)
+    assert fed.session(1).share_keys(requests[1], fed.identities[1], fed.server.view)  # without the policy: fine
+
+
 def test_survivors_that_shared_no_keys_do_not_count():
     """min_survivors 4: a list of three hospitals padded with an id that shared no keys is refused."""
     updates, weights = random_inputs(IDS, L)

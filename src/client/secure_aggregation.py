@@ -21,6 +21,7 @@ from src.secagg import ClientSession, SecAggError
 from src.secagg.records import keys_record, peers_keys, peers_view
 
 PREFIX = "secagg-session."
+MASKED = "secagg-masked-round."  # + run id: the last round this hospital sent a masked update for, in that run
 
 
 def setup(msg: Message, context: Context, hospital: str) -> Message:
@@ -54,6 +55,7 @@ def contribute(msg: Message, context: Context, update: np.ndarray, num_examples:
     session = _load(msg, context, int(msg.content["secagg"]["server_round"]))
     shares = msg.content["secagg-shares"]
     masked = session.masked_input(dict(zip(shares["from"], shares["ciphertexts"])), update, num_examples)
+    context.state[MASKED + str(msg.metadata.run_id)] = ConfigRecord({"round": session.state.round})
     _store(context, session)
     return {"secagg-masked": ArrayRecord([masked])} | next_keys(msg, context)
 
@@ -88,9 +90,21 @@ def unmask(msg: Message, context: Context) -> Message:
 
 def _advertise(msg: Message, context: Context, settings: ConfigRecord) -> ConfigRecord:
     """A fresh session for the round in `settings`, checked against this hospital's policy; sessions of
-    rounds before the previous one are dropped."""
+    rounds before the previous one are dropped.
+
+    Never for a round it already masked an update for: a second session of that round would sign a
+    second survivor list with fresh keys, and a server that shows each neighbour the session it
+    wants could have the hospital's signature counted on two lists (tests/strategies/
+    test_lying_server.py plays it: with 3 hospitals, it rebuilt one hospital's update)."""
+    if msg.metadata.dst_node_id != context.node_id:
+        raise SecAggError(f"a message for node {msg.metadata.dst_node_id} reached node {context.node_id}")
+    masked = context.state.get(MASKED + str(msg.metadata.run_id))
+    server_round = int(settings["server_round"])
+    if masked is not None and server_round <= int(masked["round"]):
+        raise SecAggError(f"refusing to start secure-aggregation round {server_round} of run {msg.metadata.run_id}: "
+                          f"this hospital already sent a masked update for round {int(masked['round'])}")
     rules = policy(context)
-    session = ClientSession(msg.metadata.dst_node_id, **dict(settings), run_id=msg.metadata.run_id,
+    session = ClientSession(context.node_id, **dict(settings), run_id=msg.metadata.run_id,
                             min_threshold=rules.min_threshold, min_survivors=rules.min_survivors,
                             complete_graph=rules.complete_graph)
     keys = session.advertise_keys(identity(context))

@@ -45,7 +45,10 @@ log = logging.getLogger(__name__)
 
 
 class ClientSession:
-    """One hospital, one round. Refuses stages out of order and requests that would unmask it."""
+    """One hospital, one round. Refuses stages out of order and requests that would unmask it.
+
+    A second session of a round that masked an update would sign a second survivor list: the
+    caller starts none (src/client/secure_aggregation.py)."""
 
     def __init__(self, node_id: int, server_round: int, threshold: int, clip_range: float, quant_bits: int,
                  vector_length: int | None = None, *, run_id: int = 0, min_threshold: int = 2,
@@ -259,8 +262,8 @@ class ClientSession:
 
         Only for the survivor list it signed, and only when at least `threshold` of its
         surviving neighbours signed that same list and graph with the keys it holds of them (a
-        server that told hospitals different lists, showed them different graphs, or started
-        a hospital's round again to have it sign twice, is caught here). Refuses (SecAggError) to reveal both kinds for
+        server that told hospitals different lists or showed them different graphs is caught
+        here). Refuses (SecAggError) to reveal both kinds for
         one hospital, in this call or across calls: b and s_sk together would unmask its update.
         """
         self._expect("signed", "unmasked")

@@ -71,9 +71,8 @@ class RoundKeys:
 def survivors_message(run_id: int, server_round: int, node: int, survivors, graph: bytes,
                       keys: tuple[bytes, bytes]) -> bytes:
     """What a survivor signs: the list, the digest of the graph it was shown (GraphView.digest) and its
-    own round keys (c_pk, s_pk). The keys tie the signature to one session: a server that starts a
-    hospital's round again (fresh keys) cannot have the new session sign a second list that the
-    neighbours holding the first session's shares would count."""
+    own round keys (c_pk, s_pk), so that a signature counts only with the neighbours holding that
+    session's shares. (A hospital masks in one session per round of a run: src/client/secure_aggregation.py.)"""
     return b"fedcxr/secagg/survivors" + u64(run_id) + u64(server_round) + u64(node) + graph + b"".join(
         keys) + b"".join(u64(s) for s in sorted(survivors))
 

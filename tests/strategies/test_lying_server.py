@@ -19,6 +19,9 @@ from src.secagg.keys import generate_keypair
 from src.secagg.records import peers_keys, peers_record, peers_view
 from src.server.rounds import RoundFailed, run_rounds
 from tests.strategies.federation_grid import (
+    BITS,
+    CLIP,
+    HANDLERS,
     NODES,
     Hospitals,
     run_round,
@@ -178,6 +181,28 @@ def test_withholding_shares_to_single_out_a_hospital_is_refused(consortium_dir):
     assert any("their shares never reached it" in r for r in refusals(grid, TARGET))
     revealed = [r.content for r in grid.replies if not r.has_error() and "b" in r.content]
     assert not any(TARGET in list(c["b"]["nodes"]) for c in revealed)
+
+
+def test_a_round_a_hospital_masked_an_update_for_is_never_started_again(consortium_dir):
+    """Started again after the hospital masked, a round gets a second session that signs a second
+    survivor list with fresh keys; a server that shows each neighbour the session it wants then has
+    the hospital's signature counted on two lists, and (3 or 5 hospitals, none colluding) gathers
+    its seed b and its partners' mask keys: its update, alone."""
+    grid, s = Hospitals(consortium_dir), strategy(2)
+    run_round(s, grid, 1, start_model())
+
+    def setup(server_round):
+        settings = {"server_round": server_round, "threshold": 3, "clip_range": CLIP, "quant_bits": BITS,
+                    "vector_length": 4}
+        return HANDLERS["train.secagg_setup"](Message(RecordDict({"secagg": ConfigRecord(settings)}),
+                                                      dst_node_id=TARGET, message_type="train.secagg_setup",
+                                                      group_id=str(server_round)), grid.contexts[TARGET])
+
+    for server_round in (1, 0):
+        with pytest.raises(SecAggError, match=f"refusing to start secure-aggregation round {server_round} of run 1: "
+                                              "this hospital already sent a masked update for round 1"):
+            setup(server_round)
+    assert "keys" in setup(2).content  # round 2 is yet to be masked: its keys may be set up again
 
 
 def test_a_session_left_from_another_run_is_refused(consortium_dir):

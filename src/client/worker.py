@@ -20,9 +20,12 @@ message is never run a second time, since a second run could spend the privacy b
 twice. A task that raises is answered with the error, as `flwr-clientapp` would answer it,
 and the worker goes on.
 
-Modules this process has already imported are reused. The app a run ships (its FAB) is
-installed and loaded as usual, but the fedcxr package this worker belongs to, `src`, is the
-hospital's installed copy.
+With `--client-app MODULE:ATTR` (the launcher passes fedcxr's own, `src.client.app:app`)
+every task runs that ClientApp, imported from the hospital's own installation, whatever app
+the run's bundle (FAB) names: the bundle comes from the coordinator, and code it ships would
+run on the hospital's side of the trust boundary, past every check the hospital's ClientApp
+makes. The module is imported (and warmed up) while the federation starts. Without the
+option the worker loads the bundle's app, as Flower does.
 """
 
 from __future__ import annotations
@@ -81,17 +84,30 @@ class WarmExecutor(SubprocessExecutor):
     holds back nothing. A run that installs its own dependencies needs a process of its
     own, and gets one (Flower's subprocess launch)."""
 
-    def __init__(self) -> None:
+    def __init__(self, client_app: str | None) -> None:
         self.installed: set[str] = set()
+        self.client_app = client_app
 
     def launch(self, spec: ExecutionSpec) -> LaunchResult:
-        if spec.runtime_dependency_install or spec.task_type != TaskType.CLIENT_APP:
+        if spec.task_type != TaskType.CLIENT_APP or (spec.runtime_dependency_install and not self.client_app):
             return super().launch(spec)
         start = time.perf_counter()
         status = self.run_task(spec)
         log.info("task %d: %s in %.2fs", spec.task_id, status, time.perf_counter() - start)
         _TaskPolls.last_task = time.monotonic()
         return LaunchResult.accepted()
+
+    def app(self, run, fab):
+        """The hospital's own ClientApp when it named one; otherwise the bundle's, installed once."""
+        if self.client_app:
+            log.info("run %d ships %s %s (FAB %s): running %s, this hospital's own", run.run_id, run.fab_id,
+                     run.fab_version, fab.hash_str[:12], self.client_app)
+            return installed_app(self.client_app)
+        if fab.hash_str not in self.installed:
+            install_from_fab(fab.content, skip_prompt=True)
+            self.installed.add(fab.hash_str)
+        return get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)(
+            run.fab_id, run.fab_version, fab.hash_str)
 
     def run_task(self, spec: ExecutionSpec) -> str:
         """One message through the ClientApp; the reply and the node's context go back to the SuperNode."""
@@ -108,12 +124,7 @@ class WarmExecutor(SubprocessExecutor):
         try:
             heartbeat.start()
             message, context, run, fab = pull_task_input(client)
-            if fab.hash_str not in self.installed:
-                install_from_fab(fab.content, skip_prompt=True)
-                self.installed.add(fab.hash_str)
-            app = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)(
-                run.fab_id, run.fab_version, fab.hash_str)
-            reply = app(message=message, context=context)
+            reply = self.app(run, fab)(message=message, context=context)
             status, details = SubStatus.COMPLETED, ""
         except Exception as e:  # answered as flwr-clientapp answers it; the worker stays up
             log.error("ClientApp raised an exception", exc_info=e)
@@ -146,17 +157,23 @@ def preload(module: str) -> None:
     log.info("preloaded %s in %.1fs", module, time.perf_counter() - start)
 
 
+def installed_app(ref: str):
+    """The ClientApp at `MODULE:ATTR`, from this environment's installation."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr or "app")
+
+
 def main() -> None:
-    """`flower-superexec`'s command line, plus `--preload MODULE` (any number)."""
+    """`flower-superexec`'s command line, plus `--client-app MODULE:ATTR`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request: twenty polls a second
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # --help stays Flower's
-    parser.add_argument("--preload", action="append", default=[], metavar="MODULE")
+    parser.add_argument("--client-app", metavar="MODULE:ATTR")
     ours, flowers = parser.parse_known_args()
     atexit.register(gc.freeze)  # exit without the last collection's walk over torch's objects (~0.9 s of CPU)
-    for module in ours.preload:
-        threading.Thread(target=preload, args=(module,), daemon=True).start()
-    superexec.get_executor = lambda *_, **__: WarmExecutor()
+    if ours.client_app:
+        threading.Thread(target=preload, args=(ours.client_app.partition(":")[0],), daemon=True).start()
+    superexec.get_executor = lambda *_, **__: WarmExecutor(ours.client_app)
     superexec.time = _TaskPolls()
     # The SuperNode hands out a task as soon as it has the message's metadata, while it is still
     # pulling the content from the SuperLink: a pull that finds it missing waits 1 s, then 2 s.

@@ -51,9 +51,9 @@ def _flwr_app(app_dir: Path) -> dict:
     return app
 
 
-def client_app_module(app_dir: Path) -> str:
-    """The module of the app's ClientApp (``[tool.flwr.app.components] clientapp``)."""
-    return str(_flwr_app(app_dir).get("components", {}).get("clientapp", "")).partition(":")[0]
+def client_app_ref(app_dir: Path) -> str:
+    """The app's ClientApp, ``MODULE:ATTR`` (``[tool.flwr.app.components] clientapp``)."""
+    return str(_flwr_app(app_dir).get("components", {}).get("clientapp", ""))
 
 
 def app_config_keys(app_dir: Path) -> set[str]:

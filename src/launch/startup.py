@@ -22,7 +22,7 @@ from pathlib import Path
 import tomli_w
 
 from src.launch.certificates import NodeKeyFiles, write_node_keys, write_tls_files
-from src.launch.configs import Hospital, client_app_module, node_config_arg
+from src.launch.configs import Hospital, client_app_ref, node_config_arg
 from src.launch.control import control_client, register_node
 from src.launch.flwr_cli import CONNECTION
 from src.launch.processes import ProcessSupervisor, free_port
@@ -117,22 +117,23 @@ def supernode_name(hospital: str) -> str:
 
 
 # ------------------------------------------------------------------ startup
-def installed_client_app(app_dir: Path) -> list[str]:
-    """The app's ClientApp module when this environment has it installed (fedcxr's own), for the
-    hospitals' warm workers to import while the federation starts; an app that exists only
-    in its bundle is imported at its first message."""
-    module = client_app_module(app_dir)
+def installed_client_app(app_dir: Path) -> str | None:
+    """The app's ClientApp (`MODULE:ATTR`) when this environment has it installed (fedcxr's own): the
+    hospitals' warm workers run that copy, whatever the run's bundle names. An app that exists
+    only in its bundle is loaded from the bundle, as Flower does."""
+    ref = client_app_ref(app_dir)
     try:
-        return [module] if module and importlib.util.find_spec(module) else []
+        return ref if ref and importlib.util.find_spec(ref.partition(":")[0]) else None
     except ImportError:
-        return []
+        return None
 
 
 def start_deployment(sup: ProcessSupervisor, bin_dir: Path, fed: Path,
                      hospitals: list[Hospital], timeout: float,
-                     timings: dict[str, float], preload: list[str] = ()) -> None:
+                     timings: dict[str, float], client_app: str | None = None) -> None:
     """SuperLink with TLS and SuperNode authentication, the hospitals' keys registered,
-    one SuperNode per hospital (its warm worker importing `preload` ahead); returns once
+    one SuperNode per hospital (its warm worker running `client_app`, the hospital's installed copy, when
+    given); returns once
     every registered one has joined and every unregistered one has been refused."""
     t0 = time.monotonic()
     tls = write_tls_files(fed / "certs")
@@ -168,7 +169,7 @@ def start_deployment(sup: ProcessSupervisor, bin_dir: Path, fed: Path,
     for i, h in enumerate(hospitals):
         config = {"partition-id": i, "num-partitions": n, **h.node_config}
         cmd = [sys.executable, "-m", "src.launch.supernode",  # flower-supernode: faster polls, a warm worker
-               *[arg for module in preload for arg in ("--preload", module)],
+               *(["--client-app", client_app] if client_app else []),
                "--superlink", f"127.0.0.1:{port}",
                "--root-certificates", str(tls.ca_cert),
                "--auth-supernode-private-key", str(keys[h.name].private_key),

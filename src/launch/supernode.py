@@ -18,7 +18,8 @@ costs the round ~20 s instead of its `federation.round_timeout`.
 
 Where the SuperNode would start `flower-superexec` (which starts a process per message),
 it starts the hospital's warm worker (`src/client/worker.py`) with the same arguments,
-plus `--preload MODULE` for each one given to this module. It starts the worker again if
+plus `--client-app MODULE:ATTR` when given to this module (the ClientApp it runs, from the
+hospital's own installation). It starts the worker again if
 a signal kills the worker. Otherwise Flower's own entry point runs unchanged.
 """
 
@@ -69,8 +70,8 @@ class _ShortSleeps:
 class _WarmWorker:
     """The `subprocess` module as `start_client_internal` sees it: `flower-superexec` is the warm worker."""
 
-    def __init__(self, preload: list[str]) -> None:
-        self.preload = preload
+    def __init__(self, client_app: str | None) -> None:
+        self.client_app = client_app
 
     def __getattr__(self, name: str):
         return getattr(subprocess, name)
@@ -79,8 +80,8 @@ class _WarmWorker:
         if command[0] != "flower-superexec":
             return subprocess.Popen(command, **kwargs)
         worker = [sys.executable, "-m", "src.client.worker", *command[1:]]
-        for module in self.preload:
-            worker += ["--preload", module]
+        if self.client_app:
+            worker += ["--client-app", self.client_app]
         first = subprocess.Popen(worker, **kwargs)
         threading.Thread(target=_keep_running, args=(first, worker, kwargs), daemon=True).start()
         return first
@@ -106,15 +107,16 @@ def _keep_running(process: subprocess.Popen, command: list[str], kwargs: dict) -
 
 
 def main() -> None:
-    """`flower-supernode`'s command line, plus `--preload MODULE` (any number) for its worker."""
+    """`flower-supernode`'s command line, plus `--client-app MODULE:ATTR`: the ClientApp its worker runs,
+    from the hospital's own installation, whatever the run's bundle names."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # --help stays Flower's
-    parser.add_argument("--preload", action="append", default=[], metavar="MODULE")
+    parser.add_argument("--client-app", metavar="MODULE:ATTR")
     ours, flowers = parser.parse_known_args()
     internal.time = _ShortSleeps()
     # the message's content can reach the SuperLink after the message: retry within PULL_BACKOFF_S, not 1 s, 2 s, ...
     internal.pull_objects = functools.partial(internal.pull_objects, initial_backoff=PULL_BACKOFF_S[0],
                                               backoff_cap=PULL_BACKOFF_S[1])
-    internal.subprocess = _WarmWorker(ours.preload)
+    internal.subprocess = _WarmWorker(ours.client_app)
     fleet.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_S      # the interval it reports to the SuperLink
     heartbeat.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_S  # and the one it sends at
     sys.argv = ["flower-supernode", *flowers]

@@ -1,5 +1,5 @@
-"""The SuperNode: its warm worker started again when a signal kills it, left when it exits by itself; what it
-preloads; how often it polls."""
+"""The SuperNode: its warm worker started again when a signal kills it, left when it exits by itself; which
+ClientApp it runs; how often it polls."""
 
 from __future__ import annotations
 
@@ -50,9 +50,19 @@ def test_a_worker_that_keeps_dying_is_left_after_max_restarts(tmp_path, monkeypa
     assert count.read_text() == str(supernode.MAX_RESTARTS + 1)
 
 
-def test_workers_preload_fedcxrs_client_app_but_not_an_app_only_in_its_bundle():
-    assert installed_client_app(REPO) == ["src.client.app"]
-    assert installed_client_app(TOY_APP) == []
+def test_workers_run_fedcxrs_installed_client_app_but_load_an_app_only_in_its_bundle_from_it():
+    assert installed_client_app(REPO) == "src.client.app:app"
+    assert installed_client_app(TOY_APP) is None
+
+
+def test_a_worker_with_its_own_client_app_never_loads_the_bundles():
+    """The bundle (FAB) comes from the coordinator: code it names must not run at the hospital."""
+    from src.client import app as fedcxr_app
+    from src.client.worker import WarmExecutor
+
+    run = SimpleNamespace(run_id=1, fab_id="coordinator/evil", fab_version="6.6.6")
+    fab = SimpleNamespace(hash_str="ab" * 32, content=b"not even a bundle")
+    assert WarmExecutor("src.client.app:app").app(run, fab) is fedcxr_app.app
 
 
 def test_the_supernode_looks_at_its_own_state_often_and_at_the_superlink_less(monkeypatch):

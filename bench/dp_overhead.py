@@ -3,7 +3,7 @@ and peak memory of DP-SGD in every `privacy.grad_sample_mode` (Opacus' hooks, fu
 ghost; fedcxr's closed form `linear` for a linear head) beside non-private training, for
 every registered model at the default image size, and which mode `auto` picks.
 
-    python bench/dp_overhead.py [--models small_cnn resnet18] [--modes none hooks ghost] [--steps 20]
+    python bench/dp_overhead.py [--models small_cnn resnet18] [--modes none hooks functorch] [--steps 20]
                                 [--repeats 3] [--device cuda] [--image-size 224] [--batch-size 32]
                                 [--precision float32 bfloat16] [--profile] [--out FILE]
 
@@ -72,7 +72,7 @@ import warnings
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "dp_overhead.json"
-MODES = ("none", "hooks", "functorch", "ghost", "linear")  # none: non-private training; linear: a linear head only
+MODES = ("none", "hooks", "functorch", "linear")  # none: non-private training; linear: a linear head only
 # Steps per timed call, sized so that all four models take ~10 minutes on 2 busy cores.
 DEFAULT_STEPS = {"scatter_linear": 1000, "small_cnn": 40, "mobilenet_v2": 10, "resnet18": 5, "densenet121": 5}
 AIM = 1.3  # the aim: DP at most 1.3x the time of non-private training for the default model
@@ -183,7 +183,7 @@ def worker(model_name: str, mode: str, precision: str, steps: int, repeats: int,
     out = {"model": model_name, "mode": mode, "precision": precision, "steps": steps, "device": str(device),
            "parameters": sum(p.numel() for p in model.parameters()),
            "noise_multiplier": None if dp is None else dp.noise_multiplier, "epochs": epochs,
-           "auto_picks": choose("auto", model, device, precision)}
+           "auto_picks": choose("auto", model)}
     seen_warnings: dict[str, int] = {}
     try:
         with warnings.catch_warnings(record=True) as caught:

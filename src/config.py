@@ -67,6 +67,8 @@ def validate(cfg: DictConfig) -> None:
          cfg.hospital.complete_graph),
         (cfg.hospital.max_epsilon is None or float(cfg.hospital.max_epsilon) > 0, "hospital.max_epsilon",
          "> 0, or null", cfg.hospital.max_epsilon),
+        (cfg.hospital.max_delta is None or 0 < float(cfg.hospital.max_delta) < 1, "hospital.max_delta",
+         "in (0, 1), or null", cfg.hospital.max_delta),
         (cfg.data.layout == "synthetic" or Path(str(cfg.data.root)).expanduser().exists(), "data.root",
          f"an existing path for layout {cfg.data.layout}", cfg.data.root),
     ]
@@ -107,4 +109,4 @@ def _check_opacus_can_train(cfg: DictConfig) -> None:
     if errors:
         raise ValueError(f"model.name: Opacus cannot train {cfg.model.name} under privacy=dp: {errors[0]}")
     trained = model.head if getattr(model, "front_end", None) is not None else model  # as local_training_view
-    choose(str(cfg.privacy.grad_sample_mode), trained, "cpu", str(cfg.federation.precision))
+    choose(str(cfg.privacy.grad_sample_mode), trained)

@@ -138,6 +138,8 @@ def check_results(run_dir: Path, hospitals: set[str], rounds: list[int], interru
             assert all(not TRAINING_METRICS & set(h) for h in r["hospitals"].values())
             assert all(set(h.get("privacy", {})) <= {"epsilon", "delta", "accountant"} for h in r["hospitals"].values())
             assert r["secure_aggregation"]["num_examples"] > 0
+        elif results["config"]["privacy"]["name"] == "dp":  # the loss and the time are not noised: not sent
+            assert all(h["num_examples"] > 0 and not {"train_loss", "train_seconds"} & set(h) for h in trained)
         else:
             assert all(h["num_examples"] > 0 and h["train_seconds"] > 0 for h in trained)
         assert {"train", "aggregate", "total"} <= set(r["time"])

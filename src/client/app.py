@@ -107,6 +107,13 @@ def train_round(msg: Message, context: Context) -> Message:
     if rules.require_secure_aggregation and not secure:
         return _reply(msg, hospital, {}, declined="policy hospital.require_secure_aggregation: refusing to train for "
                       "a round without secure aggregation (the update would reach the server in the clear)")
+    if rules.max_epsilon is None:
+        return _reply(msg, hospital, {}, declined="policy: this hospital's node config sets no max-epsilon; it trains "
+                      "only under an ε cap it chose (a number), or with none (inf)")
+    capped = math.isfinite(rules.max_epsilon)
+    if capped and cfg.privacy.name != "dp":
+        return _reply(msg, hospital, {}, declined=f"policy hospital.max_epsilon={rules.max_epsilon}: refusing to "
+                      f"train without differential privacy (privacy={cfg.privacy.name})")
     if secure:
         secure_aggregation.check_ready(msg, context)  # before any privacy budget is spent
     # torch and Opacus only for a round the hospital takes part in (a process that declines never imports them)
@@ -120,42 +127,49 @@ def train_round(msg: Message, context: Context) -> Message:
     if "evaluate-round" in msg.content["config"]:  # the global model received, before training changes it
         # a ConfigRecord: Flower's FedAvg wants exactly one MetricRecord (the training metrics) per answer
         records["evaluation"] = ConfigRecord(_evaluate(cfg, data, model, context))
-    dp, ledger = None, None
-    if cfg.privacy.name == "dp":
-        ledger = privacy.Ledger.open(manifest(context).with_name(f"{hospital}.privacy.json"))
-        dp = privacy.plan(cfg.privacy, cfg.federation, len(samples), max_epsilon=rules.max_epsilon,
-                          sigma=ledger.noise_multiplier)
-        refusal = ledger.refusal(dp, server_round)
-        if refusal:
+    # one training at a time per hospital: two at once (Flower's simulation engine can) would each read
+    # the same ledger, and one round's spending would go unrecorded
+    ledger_path = manifest(context).with_name(f"{hospital}.privacy.json")
+    with privacy.ledger_lock(ledger_path):
+        dp, ledger = None, None
+        if cfg.privacy.name == "dp":
+            ledger = privacy.Ledger.open(ledger_path)
+            dp = privacy.plan(cfg.privacy, cfg.federation, len(samples),
+                              max_epsilon=rules.max_epsilon if capped else None, sigma=ledger.noise_multiplier,
+                              max_delta=rules.max_delta)
+            refusal = ledger.refusal(dp, server_round)
+            if refusal:
+                records["privacy"] = ConfigRecord(ledger.report(dp, secure))
+                if secure:
+                    records |= secure_aggregation.decline(msg, context)
+                return _reply(msg, hospital, {}, records, declined=refusal)
+        device = resolve_device(cfg.device)
+        start = time.perf_counter()
+        # augmentation and shuffling are seeded (reproducible); under DP sampling, noise and augmentation are secret
+        view = local_training_view(model, samples, cfg.data, int(cfg.federation.batch_size),
+                                   int(cfg.seed) + server_round, device, features_cache(context))
+        loss, steps = train_epochs(
+            view.module, view.loader, int(cfg.federation.local_epochs), float(cfg.federation.lr), device,
+            proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
+            dp=dp, grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "auto")),
+            optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum), augment=view.augment,
+            precision=str(cfg.federation.precision),
+        )
+        metrics = {"train_loss": loss, "num-examples": len(samples), "train_seconds": time.perf_counter() - start}
+        _log_training(manifest(context).with_name(f"{hospital}.training.jsonl"), server_round, metrics, steps)
+        if ledger is not None:
+            ledger.spend(dp, server_round, steps)
             records["privacy"] = ConfigRecord(ledger.report(dp, secure))
-            if secure:
-                records |= secure_aggregation.decline(msg, context)
-            return _reply(msg, hospital, {}, records, declined=refusal)
-    device = resolve_device(cfg.device)
-    start = time.perf_counter()
-    # augmentation and shuffling stay seeded (reproducible); DP's sampling and noise never are (training.py)
-    view = local_training_view(model, samples, cfg.data, int(cfg.federation.batch_size),
-                               int(cfg.seed) + server_round, device, features_cache(context))
-    loss, steps = train_epochs(
-        view.module, view.loader, int(cfg.federation.local_epochs), float(cfg.federation.lr), device,
-        proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
-        dp=dp, grad_sample_mode=str(cfg.privacy.get("grad_sample_mode", "auto")),
-        optimizer=str(cfg.federation.optimizer), momentum=float(cfg.federation.momentum), augment=view.augment,
-        precision=str(cfg.federation.precision),
-    )
-    metrics = {"train_loss": loss, "num-examples": len(samples), "train_seconds": time.perf_counter() - start}
-    _log_training(manifest(context).with_name(f"{hospital}.training.jsonl"), server_round, metrics, steps)
-    if ledger is not None:
-        ledger.spend(dp, server_round, steps)
-        records["privacy"] = ConfigRecord(ledger.report(dp, secure))
-    trained = to_record(model)
-    if secure:  # only the masked sum may tell the server anything about the training data: no metrics
-        update = flatten(trained) - flatten(msg.content["arrays"])
-        records |= secure_aggregation.contribute(msg, context, update, len(samples))
-        metrics = {}
-    else:
-        records["arrays"] = trained
-    return _reply(msg, hospital, metrics, records)
+        trained = to_record(model)
+        if secure:  # only the masked sum may tell the server anything about the training data: no metrics
+            update = flatten(trained) - flatten(msg.content["arrays"])
+            records |= secure_aggregation.contribute(msg, context, update, len(samples))
+            metrics = {}
+        else:
+            records["arrays"] = trained
+            if dp is not None:  # the loss and the time are not noised: they stay in the hospital's training log
+                metrics = {"num-examples": len(samples)}
+        return _reply(msg, hospital, metrics, records)
 
 
 def _log_training(path: Path, server_round: int, metrics: dict, steps: int) -> None:

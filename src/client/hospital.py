@@ -11,10 +11,11 @@ what the hospital accepts. Everything a lying server could abuse is read from he
     min-survivors                           refuse to unmask a sum of fewer hospitals
     complete-graph                          refuse a secure-aggregation graph in which some hospital
                                             sharing keys is not its neighbour
-    max-epsilon                             the ledger never goes past it
+    max-epsilon                             the ledger never goes past it (inf: no cap, DP optional)
+    max-delta                               the δ its ε is counted at, at most
 
 Missing policy keys take the strict side (masking required, thresholds of at least 2,
-a complete graph).
+a complete graph, δ at most 1e-5); without max-epsilon the hospital trains not at all.
 Flower's simulation engine gives a virtual node only `partition-id`, so there the
 launcher writes the same settings to `hospitals/<name>.node.json`, the stand-in for
 that hospital's node config.
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from flwr.app import Context
 
+MAX_DELTA = 1e-5  # the δ a hospital counts its ε at when its node config names none
 
 
 def node_settings(context: Context) -> dict:
@@ -47,7 +49,8 @@ class Policy:
     min_threshold: int = 2
     min_survivors: int = 2
     complete_graph: bool = True
-    max_epsilon: float | None = None
+    max_epsilon: float | None = None  # None: no cap chosen, so no training; inf: no cap
+    max_delta: float = MAX_DELTA
 
     @classmethod
     def of(cls, settings: dict) -> Policy:
@@ -56,7 +59,8 @@ class Policy:
                    min_threshold=max(2, int(settings.get("min-threshold", 2))),
                    min_survivors=max(2, int(settings.get("min-survivors", 2))),
                    complete_graph=bool(settings.get("complete-graph", True)),
-                   max_epsilon=None if max_epsilon is None else float(max_epsilon))
+                   max_epsilon=None if max_epsilon is None else float(max_epsilon),
+                   max_delta=float(settings.get("max-delta", MAX_DELTA)))
 
 
 def policy(context: Context) -> Policy:

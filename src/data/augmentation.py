@@ -16,6 +16,7 @@ so a sample's per-sample gradient depends on that sample alone.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -51,12 +52,14 @@ def random_matrices(count: int, generator: torch.Generator) -> torch.Tensor:
 
 class BatchAugmentation:
     """Callable on a batch of square images (N, C, H, W), on their device; draws from its own generator
-    (seeded, on that device), so a hospital's augmentation is reproducible from its seed."""
+    (seeded, on that device), so a hospital's augmentation is reproducible from its seed. `seed` None:
+    a secret one (under DP: the draws go by position in the batch, so with a seed the server knows,
+    one record's presence would shift the jitter of the records after it)."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int | None):
         from monai.networks.layers import AffineTransform
 
-        self.seed = seed
+        self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else seed
         self._generator: torch.Generator | None = None
         # pixel coordinates centred on the image, as MONAI's Affine and RandAffine resample a square image
         self.resample = AffineTransform(normalized=False, zero_centered=True, padding_mode="zeros",

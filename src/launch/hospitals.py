@@ -7,6 +7,7 @@ a real hospital's SuperNode would only see its own archive.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -47,12 +48,14 @@ def hospital_policy(cfg: DictConfig) -> dict[str, bool | int | float]:
                          f"strategy.num_shares={cfg.federation.num_hospitals} (or hospital.complete_graph=false)")
     require = policy.require_secure_aggregation
     max_epsilon = policy.max_epsilon if policy.max_epsilon is not None else cfg.privacy.get("target_epsilon")
+    max_delta = policy.max_delta if policy.max_delta is not None else cfg.privacy.get("delta")
     node = {"require-secure-aggregation": bool(cfg.strategy.name == "secagg" if require is None else require),
             "min-threshold": int(policy.min_threshold),
             "min-survivors": int(policy.min_survivors if policy.min_survivors is not None
                                  else cfg.federation.min_hospitals),
             "complete-graph": bool(complete_graph(cfg) if policy.complete_graph is None else policy.complete_graph)}
-    return node | ({"max-epsilon": float(max_epsilon)} if max_epsilon is not None else {})
+    node["max-epsilon"] = float(max_epsilon) if max_epsilon is not None else math.inf  # inf: no cap, stated
+    return node | ({"max-delta": float(max_delta)} if max_delta is not None else {})
 
 
 def complete_graph(cfg: DictConfig) -> bool:

@@ -1,8 +1,12 @@
 """How a DP-SGD step gets its per-sample gradients (`privacy.grad_sample_mode`).
 
-Opacus offers three ways, each fastest somewhere: `hooks` (per-layer formulas run from
-module hooks), `functorch` (vmap over the model) and `ghost` (per-sample norms without
-per-sample gradients, a second backward pass). `linear` is fedcxr's own, for the one
+Opacus offers `hooks` (per-layer formulas run from module hooks) and `functorch` (vmap
+over the model). Its third, `ghost` (per-sample norms without per-sample gradients, then a
+second backward pass), is not offered: a crafted global model can make one record's
+gradient NaN (a logit that overflows only for that record), and ghost clipping has no
+per-sample gradient to zero, so the NaN would reach the update, a membership test no noise
+hides. With per-sample gradients, a sample whose gradient is not finite contributes
+nothing (`zero_non_finite_samples`). `linear` is fedcxr's own, for the one
 module Opacus is slowest on relative to its plain step: a lone linear layer under
 cross-entropy, which is what a hospital trains on a fixed front end's features. Its
 per-sample gradients have a closed form (∂ℓ_i/∂logits = softmax_i − onehot_i, times the
@@ -11,33 +15,29 @@ input), so the step needs neither autograd nor hooks. On the CPU, for the defaul
 closed form 2.0× (the rest is the clipping and noise of Opacus' `DPOptimizer`, which it
 keeps); through a hospital's loader, 1.5–1.8× and 1.1–1.5× (bench/dp_overhead.py).
 
-`auto` picks per module, device and precision, from bench/dp_overhead.py: `linear` for a
-linear head; `ghost` on CUDA in float32 (on an H200 at 224 px, batch 32: 5.5× a plain step for MobileNetV2
-against hooks' 5.9×, level with hooks for ResNet-18 and DenseNet-121 at 4.4× and 6.2×,
-and with less memory for ResNet-18; functorch slowest); `hooks` on the CPU (the fastest
-for every CNN here) and in bfloat16, where ghost clipping is refused.
+`auto` picks from bench/dp_overhead.py: `linear` for a linear head, else `hooks` (the
+fastest for every CNN on the CPU; on an H200 at 224 px, batch 32, level with ghost clipping
+for ResNet-18 and DenseNet-121 at 4.4× and 6.2× a plain step, 5.9× against ghost's 5.5×
+for MobileNetV2; functorch slowest).
 """
 
 from __future__ import annotations
 
 import torch
 
-MODES = ("auto", "hooks", "functorch", "ghost", "linear")
+MODES = ("auto", "hooks", "functorch", "linear")
 
 
-def choose(mode: str, module: torch.nn.Module, device, precision: str = "float32") -> str:
-    """The concrete mode for training `module` on `device` in `precision`; `linear` only for a lone
-    `nn.Linear`; never `ghost` in bfloat16 (src/training/precision.py)."""
+def choose(mode: str, module: torch.nn.Module) -> str:
+    """The concrete mode for training `module`; `linear` only for a lone `nn.Linear`."""
+    if mode == "ghost":
+        raise ValueError("privacy.grad_sample_mode: 'ghost' is not offered: it has no per-sample gradient to "
+                         "zero when a crafted model makes one record's gradient NaN, so that record's presence "
+                         "would show in the update; use hooks or functorch")
     if mode not in MODES:
         raise ValueError(f"privacy.grad_sample_mode: expected one of {', '.join(MODES)}, got {mode!r}")
     if mode == "auto":
-        if isinstance(module, torch.nn.Linear):
-            return "linear"
-        return "ghost" if torch.device(device).type == "cuda" and precision == "float32" else "hooks"
-    if mode == "ghost" and precision != "float32":
-        raise ValueError("privacy.grad_sample_mode: 'ghost' clips by norms from one backward pass and sums "
-                         "gradients from a second; in bfloat16 these round differently and the clipping bound "
-                         "no longer holds: use hooks or functorch, or federation.precision=float32")
+        return "linear" if isinstance(module, torch.nn.Linear) else "hooks"
     if mode == "linear" and not isinstance(module, torch.nn.Linear):
         raise ValueError(f"privacy.grad_sample_mode: 'linear' trains a lone linear layer (a head on features), "
                          f"not a {type(module).__name__}")
@@ -55,3 +55,20 @@ def linear_cross_entropy(head: torch.nn.Linear, inputs: torch.Tensor, labels: to
     if head.bias is not None:
         head.bias.grad_sample = residual
     return torch.nn.functional.cross_entropy(logits, labels) if len(labels) else logits.sum()
+
+
+@torch.no_grad()
+def zero_non_finite_samples(module: torch.nn.Module) -> None:
+    """Zero every per-sample gradient (Opacus' `grad_sample`, on `module`'s parameters) of a sample whose
+    gradient is not finite anywhere. Opacus would clip a NaN norm into a NaN step, which noise cannot
+    hide; a crafted model can make that happen for one chosen record. Whether a sample is zeroed
+    depends on that sample alone, so it still moves the sum by at most the clipping norm."""
+    samples = [p.grad_sample for p in module.parameters() if isinstance(getattr(p, "grad_sample", None), torch.Tensor)]
+    if not samples:
+        return
+    bad = torch.zeros(len(samples[0]), dtype=torch.bool, device=samples[0].device)
+    for sample in samples:
+        bad |= ~torch.isfinite(sample).flatten(1).all(1)
+    if bad.any():
+        for sample in samples:
+            sample[bad] = 0

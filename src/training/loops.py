@@ -18,7 +18,7 @@ from src.data.augmentation import BatchAugmentation
 from src.data.layouts import Sample
 from src.models.features import raw_features
 from src.models.grouped_conv import register_opacus_sampler
-from src.training.grad_sample import choose, linear_cross_entropy
+from src.training.grad_sample import choose, linear_cross_entropy, zero_non_finite_samples
 from src.training.precision import autocast, grad_samples_to_float32
 
 if TYPE_CHECKING:
@@ -140,6 +140,8 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
     each batch on the device (each image by its own draw, so DP's per-sample view holds).
     `precision` "bfloat16" runs forward and backward under autocast, each sample's gradient cast
     to float32 before it is clipped (src/training/precision.py); the closed form stays float32.
+    Under DP a sample whose gradient is not finite contributes nothing (a crafted model could
+    otherwise make one record's NaN reach the update), and the augmentation draws are secret.
     """
     model.to(device).train()
     if optimizer == "adam":
@@ -157,7 +159,9 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
         from opacus.optimizers import DPOptimizer
 
         register_opacus_sampler()
-        mode = choose(grad_sample_mode, model, device, precision)
+        mode = choose(grad_sample_mode, model)
+        if augment is not None:  # seeded, its draws by batch position would tie other records' jitter to this one's presence
+            augment = BatchAugmentation(None)
         # Opacus would take the Poisson sampler's generator from the (seeded) loader: give it a secret one
         poisson = DPDataLoader.from_data_loader(loader, generator=secret_generator("cpu"))
         if mode == "linear":  # per-sample gradients in closed form; clipping and noise by Opacus' optimizer
@@ -170,7 +174,7 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
                 module=model, optimizer=optimizer, criterion=criterion, data_loader=poisson,
                 noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm, poisson_sampling=False,
                 noise_generator=secret_generator(device), grad_sample_mode=mode)
-            net, optimizer, criterion, loader = made if mode == "ghost" else (*made[:2], criterion, made[2])
+            net, optimizer, loader = made
     last, steps = float("nan"), 0
     for _ in range(epochs):
         total, n = 0.0, 0
@@ -188,6 +192,8 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
                 loss.backward()
                 if precision != "float32" and mode in ("hooks", "functorch"):
                     grad_samples_to_float32(model)
+            if mode is not None:
+                zero_non_finite_samples(net)
             optimizer.step()  # an empty Poisson batch still takes a (noise-only) step under DP
             steps += 1
             if global_params is not None:

@@ -18,6 +18,8 @@ that would take ε past the target is declined.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import warnings
@@ -43,32 +45,42 @@ class Plan:
     target_epsilon: float | None
 
 
+def _positive(name: str, value) -> float:
+    """A positive, finite number (a NaN target would disable every comparison against it)."""
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: expected a positive finite number, got {value}")
+    return value
+
+
 def plan(privacy, federation, num_train: int, max_epsilon: float | None = None,
-         sigma: float | None = None) -> Plan:
+         sigma: float | None = None, max_delta: float | None = None) -> Plan:
     """Check the privacy settings for a hospital of `num_train` images; one clear error naming the key.
 
-    `max_epsilon` is the hospital's own cap (its policy, not the server's config): σ is
-    planned for the smaller of the two targets, and no round may take ε past it. `sigma`:
-    the σ this run already spent under (the hospital's ledger), kept as it is."""
-    delta = float(privacy.delta)
-    if not 0 < delta < 1:
+    `max_epsilon` and `max_delta` are the hospital's own cap (its policy, not the server's
+    config): σ is planned for the smaller target, ε is counted at the smaller δ, and no round
+    may take ε past the cap. `sigma`: the σ this run already spent under (the hospital's
+    ledger), kept as it is."""
+    delta = _positive("privacy.delta", privacy.delta)
+    if max_delta is not None:
+        delta = min(delta, _positive("hospital.max_delta", max_delta))
+    if not delta < 1:
         raise ValueError(f"privacy.delta: expected a value in (0, 1), got {delta}")
-    if delta >= 1 / num_train:
-        raise ValueError(f"privacy.delta: {delta} is not below 1/n = {1 / num_train:.3g} for a hospital "
-                         f"of {num_train} training images; a δ that large allows leaking a whole record")
-    if float(privacy.max_grad_norm) <= 0:
-        raise ValueError(f"privacy.max_grad_norm: expected > 0, got {privacy.max_grad_norm}")
+    if delta >= 1 / num_train:  # the message names no n: it reaches the server
+        raise ValueError(f"privacy.delta: {delta} is not below 1/n for this hospital's number of training images; "
+                         "a δ that large allows leaking a whole record")
+    _positive("privacy.max_grad_norm", privacy.max_grad_norm)
     batches = math.ceil(num_train / int(federation.batch_size))
     sample_rate = 1 / batches  # Opacus' Poisson sampling: expected batch = batch_size
     steps_per_round = int(federation.local_epochs) * batches
     planned = int(federation.rounds) * steps_per_round
-    target = privacy.target_epsilon
-    if max_epsilon is not None and (target is None or float(target) > float(max_epsilon)):
-        target = None if target is None else float(max_epsilon)
-    if target is not None and float(target) <= 0:
-        raise ValueError(f"privacy.target_epsilon: expected > 0, got {target}")
+    target = None if privacy.target_epsilon is None else _positive("privacy.target_epsilon", privacy.target_epsilon)
+    if max_epsilon is not None:
+        max_epsilon = _positive("hospital.max_epsilon", max_epsilon)
+        if target is not None and target > max_epsilon:
+            target = max_epsilon
     if sigma is not None:
-        sigma = float(sigma)
+        sigma = _positive("the ledger's noise multiplier", sigma)
     elif target is not None:
         try:
             with warnings.catch_warnings():  # see `epsilon`
@@ -81,9 +93,7 @@ def plan(privacy, federation, num_train: int, max_epsilon: float | None = None,
     elif privacy.noise_multiplier is None:
         raise ValueError("privacy.noise_multiplier: give a noise multiplier or privacy.target_epsilon")
     else:
-        sigma = float(privacy.noise_multiplier)
-        if sigma <= 0:
-            raise ValueError(f"privacy.noise_multiplier: expected > 0, got {sigma}")
+        sigma = _positive("privacy.noise_multiplier", privacy.noise_multiplier)
     limit = float(target) if target is not None else (None if max_epsilon is None else float(max_epsilon))
     return Plan(sigma, sample_rate, steps_per_round, planned, delta, float(privacy.max_grad_norm), limit)
 
@@ -105,6 +115,14 @@ def epsilon(history: list[dict], delta: float) -> float:
     with warnings.catch_warnings():  # "optimal order is the largest alpha": the bound is valid, only loose
         warnings.simplefilter("ignore", UserWarning)
         return float(accountant.get_epsilon(delta=delta))
+
+
+@contextlib.contextmanager
+def ledger_lock(path: Path):
+    """Hold the ledger at `path` exclusively (flock on a file beside it) from reading it to the last spend."""
+    with open(Path(path).with_name(Path(path).name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @dataclass
@@ -132,7 +150,7 @@ class Ledger:
         if plan.target_epsilon is None:
             return None
         after = epsilon(self.history + [self.next_round(plan, server_round)], plan.delta)
-        if after > plan.target_epsilon:
+        if not after <= plan.target_epsilon:  # NaN-safe: only a number within the limit trains
             return (f"privacy budget spent: another round would take ε from "
                     f"{epsilon(self.history, plan.delta):.3f} to {after:.3f} > limit {plan.target_epsilon}")
         return None

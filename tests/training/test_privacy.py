@@ -79,6 +79,10 @@ def test_epsilon_agrees_with_dp_accounting_within_one_percent(q, sigma, steps, d
     ({"target_epsilon": 1e-9}, 200, "privacy.target_epsilon: .*cannot be met"),
     ({"target_epsilon": -1.0}, 200, "privacy.target_epsilon"),
     ({"max_grad_norm": 0.0}, 200, "privacy.max_grad_norm"),
+    ({"target_epsilon": float("nan")}, 200, "privacy.target_epsilon: expected a positive finite number"),
+    ({"target_epsilon": None, "noise_multiplier": float("nan")}, 200, "privacy.noise_multiplier"),
+    ({"delta": float("nan")}, 200, "privacy.delta"),
+    ({"max_grad_norm": float("inf")}, 200, "privacy.max_grad_norm"),
 ])
 def test_bad_settings_name_the_key(privacy, n, key):
     cfg = settings(**privacy)
@@ -140,6 +144,15 @@ def test_a_hospitals_own_max_epsilon_caps_whatever_the_server_asks(tmp_path):
     assert ledger.report(p)["epsilon"] <= 2.0
     weak = plan(settings(target_epsilon=None, noise_multiplier=0.3).privacy, cfg.federation, 200, max_epsilon=2.0)
     assert "privacy budget spent" in Ledger.open(tmp_path / "other.json").refusal(weak, 1)
+
+
+def test_a_hospitals_own_max_delta_is_the_delta_its_epsilon_is_counted_and_capped_at():
+    """A server that raises δ (just below 1/n) would make the same spending read as a smaller ε."""
+    cfg = settings(target_epsilon=2.0, delta=4e-3)
+    p = plan(cfg.privacy, cfg.federation, num_train=200, max_epsilon=2.0, max_delta=1e-5)
+    assert p.delta == 1e-5
+    assert p.noise_multiplier > plan(cfg.privacy, cfg.federation, num_train=200, max_epsilon=2.0).noise_multiplier
+    assert plan(settings(delta=1e-6).privacy, cfg.federation, 200, max_delta=1e-5).delta == 1e-6
 
 
 def test_rounds_of_one_sigma_and_rate_are_accounted_as_one_entry_with_the_same_epsilon():

@@ -89,7 +89,7 @@ def prepare_run(cfg: DictConfig, run_dir: Path, console: Console) -> tuple[DictC
     if cfg.eval.reader_csv:
         cfg.eval.reader_csv = to_absolute_path(str(cfg.eval.reader_csv))
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    hospital_policy(cfg)  # a policy the run's own settings cannot meet is refused before any data is decoded
+    hospital_policy(cfg)  # a graph policy the run's own graph cannot meet is refused before any data is decoded
     federation = prepare_federation(cfg, run_dir, console)
     if cfg.eval.reader_csv:
         load_reads(cfg.eval.reader_csv, federation.select(split="test"), federation.classes, cfg.data.root)

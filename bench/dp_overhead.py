@@ -1,6 +1,6 @@
 """What differential privacy costs a hospital's training step: time per optimizer step
-and peak memory of DP-SGD in every `privacy.grad_sample_mode` (Opacus' hooks, functorch,
-ghost; fedcxr's closed form `linear` for a linear head) beside non-private training, for
+and peak memory of DP-SGD in every `privacy.grad_sample_mode` (Opacus' hooks and functorch;
+fedcxr's closed form `linear` for a linear head) beside non-private training, for
 every registered model at the default image size, and which mode `auto` picks.
 
     python bench/dp_overhead.py [--models small_cnn resnet18] [--modes none hooks functorch] [--steps 20]

@@ -1,10 +1,12 @@
 """What a hospital decides for itself: its files, its policy and its identity, from its own node config.
 
 The server's run config says what the consortium asks for; the hospital's node config
-(set by the hospital on its own SuperNode, `flower-supernode --node-config ...`) says
-what the hospital accepts. Everything a lying server could abuse is read from here:
+(set by the hospital on its own SuperNode, `python -m src.launch.supernode --client-app
+src.client.app:app --node-config ...`) says what the hospital accepts. Everything a lying
+server could abuse is read from here:
 
     hospital, manifest, threads             its name, its part of the split, its cores
+    initial-model                           the run's agreed initial model (its fixed front end)
     identity-key, roster                    its Ed25519 identity key, the consortium's roster
     require-secure-aggregation              refuse to send an update that is not masked
     min-threshold                           refuse a secure-aggregation threshold below it

@@ -45,8 +45,10 @@ def consistency(msg: Message, context: Context) -> Message:
 
 
 def check_ready(msg: Message, context: Context) -> None:
-    """Before training: this round's keys are shared and enough neighbours shared theirs."""
+    """Before training: this round's keys are shared and enough neighbours shared theirs, and the round
+    comes after every round it masked an update for."""
     server_round = int(msg.content["secagg"]["server_round"])
+    _refuse_masked(msg, context, server_round, "mask an update for")
     _load(msg, context, server_round).check_senders([int(n) for n in msg.content["secagg-shares"]["from"]])
 
 
@@ -94,15 +96,12 @@ def _advertise(msg: Message, context: Context, settings: ConfigRecord) -> Config
 
     Never for a round it already masked an update for: a second session of that round would sign a
     second survivor list with fresh keys, and a server that shows each neighbour the session it
-    wants could have the hospital's signature counted on two lists (tests/strategies/
-    test_lying_server.py plays it: with 3 hospitals, it rebuilt one hospital's update)."""
+    wants could have the hospital's signature counted on two lists: with 3 or 5 hospitals, none
+    colluding, that rebuilt one hospital's update (tests/strategies/test_lying_server.py checks
+    the refusal)."""
     if msg.metadata.dst_node_id != context.node_id:
         raise SecAggError(f"a message for node {msg.metadata.dst_node_id} reached node {context.node_id}")
-    masked = context.state.get(MASKED + str(msg.metadata.run_id))
-    server_round = int(settings["server_round"])
-    if masked is not None and server_round <= int(masked["round"]):
-        raise SecAggError(f"refusing to start secure-aggregation round {server_round} of run {msg.metadata.run_id}: "
-                          f"this hospital already sent a masked update for round {int(masked['round'])}")
+    _refuse_masked(msg, context, int(settings["server_round"]), "start")
     rules = policy(context)
     session = ClientSession(context.node_id, **dict(settings), run_id=msg.metadata.run_id,
                             min_threshold=rules.min_threshold, min_survivors=rules.min_survivors,
@@ -123,6 +122,14 @@ def _share(msg: Message, context: Context, peers: ConfigRecord) -> ConfigRecord:
     ciphertexts = session.share_keys(peers_keys(peers), identity(context), view)
     _store(context, session)
     return ConfigRecord({"to": list(ciphertexts), "ciphertexts": list(ciphertexts.values())})
+
+
+def _refuse_masked(msg: Message, context: Context, server_round: int, what: str) -> None:
+    """Rounds go forward: none at or before the last one this hospital masked an update for, in this run."""
+    masked = context.state.get(MASKED + str(msg.metadata.run_id))
+    if masked is not None and server_round <= int(masked["round"]):
+        raise SecAggError(f"refusing to {what} secure-aggregation round {server_round} of run {msg.metadata.run_id}: "
+                          f"this hospital already sent a masked update for round {int(masked['round'])}")
 
 
 def _store(context: Context, session: ClientSession) -> None:

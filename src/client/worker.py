@@ -81,14 +81,21 @@ class WarmExecutor(SubprocessExecutor):
     """Flower's subprocess executor, except that a ClientApp task runs here, now.
 
     The SuperNode hands out one message at a time, so running the task inside `launch`
-    holds back nothing. A run that installs its own dependencies needs a process of its
-    own, and gets one (Flower's subprocess launch)."""
+    holds back nothing. With the hospital's own ClientApp named, no other task runs at all
+    (an AgentApp, say: the SuperNode starts one when the server's run info asks for it,
+    and Flower's runner would load the bundle's code), and a run's request to install its
+    own dependencies is ignored. Without it, such tasks get Flower's subprocess launch."""
 
     def __init__(self, client_app: str | None) -> None:
         self.installed: set[str] = set()
         self.client_app = client_app
 
     def launch(self, spec: ExecutionSpec) -> LaunchResult:
+        if self.client_app and spec.task_type != TaskType.CLIENT_APP:
+            log.error("task %d: refused a %s task: this hospital runs only its own ClientApp", spec.task_id,
+                      spec.task_type)
+            return LaunchResult.failed(f"this hospital runs only its own ClientApp ({self.client_app}), "
+                                       f"not a {spec.task_type} task")
         if spec.task_type != TaskType.CLIENT_APP or (spec.runtime_dependency_install and not self.client_app):
             return super().launch(spec)
         start = time.perf_counter()

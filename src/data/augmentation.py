@@ -9,8 +9,9 @@ per image, but drawn for the whole batch at once and resampled by MONAI's batche
 a millisecond of Python, so a GPU that trains a ResNet-18 on thousands of images a
 second would wait for it. The loader serves the cached, un-augmented images.
 
-Under DP each image is still transformed on its own (its parameters are drawn for it),
-so a sample's per-sample gradient depends on that sample alone.
+Each image is transformed on its own (its parameters are drawn for it). The draws go by
+position in the batch, so under DP they are secret (`BatchAugmentation(None)`): with a seed
+the server knows, one record's presence would shift the jitter of the records after it.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ def prepare_federation(cfg: DictConfig, run_dir: Path, console: Console) -> Fede
 
 def hospital_policy(cfg: DictConfig) -> dict[str, bool | int | float]:
     """The hospitals' policy (`hospital.*`) as node config; its defaults follow the run's own settings.
-    ValueError for a policy the run's own settings would have every hospital refuse."""
+    ValueError for a graph policy the run's own graph would have every hospital refuse (the other
+    refusals are the hospitals', as a lying server would meet them)."""
     policy = cfg.hospital
     if cfg.strategy.name == "secagg" and policy.complete_graph and not complete_graph(cfg):
         raise ValueError("hospital.complete_graph=true: every hospital would refuse the run's sparse graph; set "

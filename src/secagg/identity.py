@@ -12,7 +12,7 @@ different lists.
 Signed messages are domain-separated and length-prefixed:
 
     keys:      "fedcxr/secagg/keys"      || run || round || node || threshold || name || c_pk || s_pk || commitment
-    survivors: "fedcxr/secagg/survivors" || run || round || node || sorted survivor ids
+    survivors: "fedcxr/secagg/survivors" || run || round || node || graph digest || c_pk || s_pk || sorted survivor ids
 
 (integers as 8 bytes big-endian, `name` as 2-byte length || UTF-8).
 """

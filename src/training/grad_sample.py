@@ -30,10 +30,6 @@ MODES = ("auto", "hooks", "functorch", "linear")
 
 def choose(mode: str, module: torch.nn.Module) -> str:
     """The concrete mode for training `module`; `linear` only for a lone `nn.Linear`."""
-    if mode == "ghost":
-        raise ValueError("privacy.grad_sample_mode: 'ghost' is not offered: it has no per-sample gradient to "
-                         "zero when a crafted model makes one record's gradient NaN, so that record's presence "
-                         "would show in the update; use hooks or functorch")
     if mode not in MODES:
         raise ValueError(f"privacy.grad_sample_mode: expected one of {', '.join(MODES)}, got {mode!r}")
     if mode == "auto":

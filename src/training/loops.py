@@ -137,11 +137,11 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
     decoupled step w -= lr·mu·(w - w_g) after each optimizer step: a function of the
     weights alone, so under DP it is post-processing and costs no privacy (as a loss
     term its gradient would be dropped by Opacus' per-sample clipping). `augment` jitters
-    each batch on the device (each image by its own draw, so DP's per-sample view holds).
+    each batch on the device, each image by its own draw.
     `precision` "bfloat16" runs forward and backward under autocast, each sample's gradient cast
     to float32 before it is clipped (src/training/precision.py); the closed form stays float32.
     Under DP a sample whose gradient is not finite contributes nothing (a crafted model could
-    otherwise make one record's NaN reach the update), and the augmentation draws are secret.
+    otherwise make one record's NaN reach the update), and augmentation and dropout draw secretly.
     """
     model.to(device).train()
     if optimizer == "adam":
@@ -160,8 +160,11 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
 
         register_opacus_sampler()
         mode = choose(grad_sample_mode, model)
-        if augment is not None:  # seeded, its draws by batch position would tie other records' jitter to this one's presence
+        # seeded, augmentation and dropout (torch's global generator) draw by batch position, which would tie
+        # other records' draws to this one's presence: under DP both are secret
+        if augment is not None:
             augment = BatchAugmentation(None)
+        torch.manual_seed(int.from_bytes(os.urandom(8), "little"))
         # Opacus would take the Poisson sampler's generator from the (seeded) loader: give it a secret one
         poisson = DPDataLoader.from_data_loader(loader, generator=secret_generator("cpu"))
         if mode == "linear":  # per-sample gradients in closed form; clipping and noise by Opacus' optimizer
@@ -190,7 +193,7 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
                 with autocast(precision, device):
                     loss = criterion(net(images), labels)
                 loss.backward()
-                if precision != "float32" and mode in ("hooks", "functorch"):
+                if precision != "float32" and mode is not None:
                     grad_samples_to_float32(model)
             if mode is not None:
                 zero_non_finite_samples(net)

@@ -6,13 +6,10 @@ of SmallCNN, ResNet-18 and DenseNet-121 took 0.67–0.78× its float32 time per 
 step with Opacus' hooks 0.72–0.97×; MobileNetV2's depthwise convolutions were slower
 (1.24×, 1.35×). bench/dp_overhead.py and bench/loader_throughput.py take `--precision`.
 
-Under DP the clipping bound must hold for the numbers that are summed, so bfloat16 keeps
-two rules. Each sample's gradient, however it was computed, is cast to float32 before
-Opacus measures its norm and clips it (`grad_samples_to_float32`): a norm rounded to
-bfloat16's 8 bits could let a clipped gradient exceed `max_grad_norm` by ~0.8%.
-Ghost clipping is refused: it measures each norm in one backward pass and sums the
-clipped gradients in a second, and in bfloat16 the two round differently, so no
-sample's contribution is bounded by the norm that clipped it.
+Under DP the clipping bound must hold for the numbers that are summed: each sample's
+gradient, however it was computed, is cast to float32 before Opacus measures its norm and
+clips it (`grad_samples_to_float32`); a norm rounded to bfloat16's 8 bits could let a
+clipped gradient exceed `max_grad_norm` by ~0.8%.
 """
 
 from __future__ import annotations

@@ -57,12 +57,18 @@ def test_workers_run_fedcxrs_installed_client_app_but_load_an_app_only_in_its_bu
 
 def test_a_worker_with_its_own_client_app_never_loads_the_bundles():
     """The bundle (FAB) comes from the coordinator: code it names must not run at the hospital."""
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.superexec.executor.types import LaunchResultStatus
+
     from src.client import app as fedcxr_app
     from src.client.worker import WarmExecutor
 
     run = SimpleNamespace(run_id=1, fab_id="coordinator/evil", fab_version="6.6.6")
     fab = SimpleNamespace(hash_str="ab" * 32, content=b"not even a bundle")
     assert WarmExecutor("src.client.app:app").app(run, fab) is fedcxr_app.app
+    agent = SimpleNamespace(task_type=TaskType.AGENT_APP, task_id=2, runtime_dependency_install=True)
+    refused = WarmExecutor("src.client.app:app").launch(agent)  # Flower's runner would load the bundle's app
+    assert refused.status == LaunchResultStatus.FAILED and "runs only its own ClientApp" in refused.message
 
 
 def test_the_supernode_looks_at_its_own_state_often_and_at_the_superlink_less(monkeypatch):

@@ -2,7 +2,8 @@
 
 The strategy is the honest one; `Hospitals.lies` rewrites what it sends on the way, as a
 malicious server would: substituted, invented or replayed keys, a lowered threshold,
-different survivor lists to different hospitals, a sum over too few hospitals. The
+different survivor lists to different hospitals, a sum over too few hospitals, withheld
+shares, a round started again after a hospital masked, a session of another run. The
 hospitals enforce their own policy from their node config (`src/client/hospital.py`).
 """
 
@@ -203,6 +204,11 @@ def test_a_round_a_hospital_masked_an_update_for_is_never_started_again(consorti
                                               "this hospital already sent a masked update for round 1"):
             setup(server_round)
     assert "keys" in setup(2).content  # round 2 is yet to be masked: its keys may be set up again
+    older = Message(RecordDict({"secagg": ConfigRecord({"server_round": 1}),  # masking an older round would
+                                "secagg-shares": ConfigRecord({"from": [], "ciphertexts": []})}),  # lower the record
+                    dst_node_id=TARGET, message_type="train", group_id="1")
+    with pytest.raises(SecAggError, match="refusing to mask an update for secure-aggregation round 1 of run 1"):
+        secure_aggregation.check_ready(older, grid.contexts[TARGET])
 
 
 def test_a_session_left_from_another_run_is_refused(consortium_dir):

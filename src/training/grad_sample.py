@@ -5,8 +5,8 @@ over the model). Its third, `ghost` (per-sample norms without per-sample gradien
 second backward pass), is not offered: a crafted global model can make one record's
 gradient NaN (a logit that overflows only for that record), and ghost clipping has no
 per-sample gradient to zero, so the NaN would reach the update, a membership test no noise
-hides. With per-sample gradients, a sample whose gradient is not finite contributes
-nothing (`zero_non_finite_samples`). `linear` is fedcxr's own, for the one
+hides. With per-sample gradients, their entries that are not finite are set to 0 before
+clipping (`zero_non_finite`). `linear` is fedcxr's own, for the one
 module Opacus is slowest on relative to its plain step: a lone linear layer under
 cross-entropy, which is what a hospital trains on a fixed front end's features. Its
 per-sample gradients have a closed form (∂ℓ_i/∂logits = softmax_i − onehot_i, times the
@@ -54,17 +54,15 @@ def linear_cross_entropy(head: torch.nn.Linear, inputs: torch.Tensor, labels: to
 
 
 @torch.no_grad()
-def zero_non_finite_samples(module: torch.nn.Module) -> None:
-    """Zero every per-sample gradient (Opacus' `grad_sample`, on `module`'s parameters) of a sample whose
-    gradient is not finite anywhere. Opacus would clip a NaN norm into a NaN step, which noise cannot
-    hide; a crafted model can make that happen for one chosen record. Whether a sample is zeroed
-    depends on that sample alone, so it still moves the sum by at most the clipping norm."""
-    samples = [p.grad_sample for p in module.parameters() if isinstance(getattr(p, "grad_sample", None), torch.Tensor)]
-    if not samples:
-        return
-    bad = torch.zeros(len(samples[0]), dtype=torch.bool, device=samples[0].device)
-    for sample in samples:
-        bad |= ~torch.isfinite(sample).flatten(1).all(1)
-    if bad.any():
-        for sample in samples:
-            sample[bad] = 0
+def zero_non_finite(module: torch.nn.Module) -> None:
+    """Set every entry of the per-sample gradients (Opacus' `grad_sample`, on `module`'s parameters)
+    that is not finite to 0, in place. Opacus would clip a NaN norm into a NaN step, which noise cannot
+    hide; a crafted model can make that happen for one chosen record. What remains of a sample's
+    gradient depends on that sample alone and is clipped like any other, so it still moves the sum by
+    at most the clipping norm. (Zeroing a whole sample would do as well, at more cost: the default
+    model's DP step is 1.17–1.21× a plain step without either, 1.26–1.33× with this, 1.42–1.51× zeroing
+    whole samples; bench/dp_overhead.py, three runs each.)"""
+    for p in module.parameters():
+        sample = getattr(p, "grad_sample", None)
+        if isinstance(sample, torch.Tensor):
+            torch.nan_to_num_(sample, nan=0.0, posinf=0.0, neginf=0.0)

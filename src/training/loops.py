@@ -18,7 +18,7 @@ from src.data.augmentation import BatchAugmentation
 from src.data.layouts import Sample
 from src.models.features import raw_features
 from src.models.grouped_conv import register_opacus_sampler
-from src.training.grad_sample import choose, linear_cross_entropy, zero_non_finite_samples
+from src.training.grad_sample import choose, linear_cross_entropy, zero_non_finite
 from src.training.precision import autocast, grad_samples_to_float32
 
 if TYPE_CHECKING:
@@ -140,8 +140,8 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
     each batch on the device, each image by its own draw.
     `precision` "bfloat16" runs forward and backward under autocast, each sample's gradient cast
     to float32 before it is clipped (src/training/precision.py); the closed form stays float32.
-    Under DP a sample whose gradient is not finite contributes nothing (a crafted model could
-    otherwise make one record's NaN reach the update), and augmentation and dropout draw secretly.
+    Under DP the entries of a per-sample gradient that are not finite are set to 0 before
+    clipping (a crafted model could otherwise make one record's NaN reach the update), and augmentation and dropout draw secretly.
     """
     model.to(device).train()
     if optimizer == "adam":
@@ -196,7 +196,7 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
                 if precision != "float32" and mode is not None:
                     grad_samples_to_float32(model)
             if mode is not None:
-                zero_non_finite_samples(net)
+                zero_non_finite(net)
             optimizer.step()  # an empty Poisson batch still takes a (noise-only) step under DP
             steps += 1
             if global_params is not None:

@@ -122,7 +122,7 @@ def main() -> None:
     for first in range(0, len(features), per):
         rows = features[first:first + per]
         up, t_enc = cpu(hospital.encrypt, rows)
-        down, t_srv = cpu(lambda: service(service.load_ciphertext(up), keys))
+        down, t_srv = cpu(lambda: service(service.load_ciphertext(up), keys, len(rows)))
         scores, t_dec = cpu(hospital.decrypt, down, len(rows))
         encrypted.append(torch.softmax(torch.from_numpy(scores), dim=1).numpy())
         for k, v in (("encrypt_s", t_enc), ("service_s", t_srv), ("decrypt_s", t_dec), ("up", len(up)),
@@ -131,7 +131,7 @@ def main() -> None:
     encrypted = np.concatenate(encrypted)
     n = len(features)
     single_up, single_enc = cpu(hospital.encrypt, features[:1])
-    single_down, single_srv = cpu(lambda: service(service.load_ciphertext(single_up), keys))
+    single_down, single_srv = cpu(lambda: service(service.load_ciphertext(single_up), keys, 1))
     _, single_dec = cpu(hospital.decrypt, single_down, 1)
 
     fedcxr = {

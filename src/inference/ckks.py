@@ -165,10 +165,7 @@ class EncryptedLinear:
         self.ctx = context()
         self._encoder, self._evaluator = seal.CKKSEncoder(self.ctx), seal.Evaluator(self.ctx)
         self._weights = self.layout.weights(np.asarray(weight, dtype=np.float64)).tolist()
-        outputs = self.layout.outputs(self.layout.images_per_ciphertext)
-        mask, biases = np.zeros(SLOTS), np.zeros(SLOTS)
-        mask[outputs], biases[outputs] = 1.0, np.asarray(bias, dtype=np.float64)
-        self._mask, self._biases = mask.tolist(), biases.tolist()
+        self._bias = np.asarray(bias, dtype=np.float64)
 
     def load_keys(self, data: bytes) -> seal.GaloisKeys:
         """The hospital's Galois keys, checked: they must load for these parameters and hold every rotation."""
@@ -190,13 +187,27 @@ class EncryptedLinear:
             raise CiphertextError(f"not a CKKS ciphertext for these parameters: {e}") from None
         if cipher.size() != 2 or cipher.parms_id() != self.ctx.first_parms_id():
             raise CiphertextError("expected a fresh ciphertext (2 polynomials, full coefficient modulus)")
-        if abs(math.log2(cipher.scale) - SCALE_BITS) > 1e-6:
+        if not (math.isfinite(cipher.scale) and cipher.scale > 0) or abs(math.log2(cipher.scale) - SCALE_BITS) > 1e-6:
             raise CiphertextError(f"expected scale 2^{SCALE_BITS}, got 2^{math.log2(cipher.scale):.3f}")
         if cipher.is_transparent():
             raise CiphertextError("a transparent ciphertext (it encrypts nothing)")
+        if not cipher.is_ntt_form():
+            raise CiphertextError("a ciphertext not in NTT form (SEAL's CKKS ciphertexts always are)")
         return cipher
 
-    def __call__(self, cipher: seal.Ciphertext, keys: seal.GaloisKeys) -> bytes:
+    def __call__(self, cipher: seal.Ciphertext, keys: seal.GaloisKeys, images: int) -> bytes:
+        """The scores of the first `images` images packed in `cipher`: the other blocks are masked to zero,
+        so an answer holds no more scores than were asked for (and counted). CiphertextError when SEAL
+        refuses the ciphertext or keys (crafted objects that passed the loading checks)."""
+        try:
+            return self._evaluate(cipher, keys, images)
+        except (RuntimeError, ValueError) as e:
+            raise CiphertextError(f"cannot evaluate on this ciphertext with these keys: {e}") from None
+
+    def _evaluate(self, cipher: seal.Ciphertext, keys: seal.GaloisKeys, images: int) -> bytes:
+        outputs = self.layout.outputs(images)
+        mask, biases = np.zeros(SLOTS), np.zeros(SLOTS)
+        mask[outputs], biases[outputs] = 1.0, self._bias
         ev, enc = self._evaluator, self._encoder
         plain = seal.Plaintext()
         enc.encode(self._weights, cipher.parms_id(), cipher.scale, plain)
@@ -207,9 +218,9 @@ class EncryptedLinear:
             rotated = seal.Ciphertext()
             ev.rotate_vector(y, step, keys, rotated)
             ev.add_inplace(y, rotated)
-        enc.encode(self._mask, y.parms_id(), 2.0**SCALE_BITS, plain)
+        enc.encode(mask.tolist(), y.parms_id(), 2.0**SCALE_BITS, plain)
         ev.multiply_plain_inplace(y, plain)
         ev.rescale_to_next_inplace(y)
-        enc.encode(self._biases, y.parms_id(), y.scale, plain)
+        enc.encode(biases.tolist(), y.parms_id(), y.scale, plain)
         ev.add_plain_inplace(y, plain)
         return _saved(y)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from src.data.inputs import image_paths
+from src.inference.loopback import is_loopback
 from src.inference.ckks import COEFF_MODULUS_BITS, POLY_MODULUS_DEGREE, SCALE_BITS, HospitalKeys, Layout
 from src.inference.served_model import front_end_module
 from src.predict import decode, show
@@ -34,6 +35,10 @@ class EncryptedDiagnosis:
     """A session with the service: its model's description, the public front end, this hospital's keys."""
 
     def __init__(self, service: str, ca: Path | None = None, pin: str | None = None, timeout: float = 60.0):
+        url = httpx.URL(service)
+        if url.scheme != "https" and not (url.scheme == "http" and is_loopback(url.host)):
+            raise ServiceError(f"--service {service}: https:// (plain http:// only to a loopback address: over it "
+                               "anyone on the path could forge the model's hash and the answers)")
         self.http = httpx.Client(base_url=service, verify=str(ca) if ca else True, timeout=timeout)
         try:
             self._open(pin)

@@ -8,24 +8,15 @@ model hash it pins and the answers it decrypts must come from this service).
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import sys
 from pathlib import Path
 
 import uvicorn
 
+from src.inference.loopback import is_loopback
 from src.inference.served_model import NotServable, ServedModel
 from src.inference.service import create_app
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

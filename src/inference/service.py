@@ -45,6 +45,8 @@ class RateLimit:
         now, window = time.monotonic(), self.served.setdefault(key, deque())
         while window and window[0][0] < now - 60:
             window.popleft()
+        for idle in [k for k, w in self.served.items() if k != key and (not w or w[-1][0] < now - 60)]:
+            del self.served[idle]  # a key idle for a minute has its whole budget back anyway
         if sum(n for _, n in window) + images > self.per_minute:
             return False
         window.append((now, images))
@@ -98,14 +100,15 @@ def create_app(model: ServedModel, *, rate_per_minute: int = 600, max_keys: int 
             except CiphertextError as e:
                 raise HTTPException(400, f"keys: {e}") from None
             while len(keys) > max_keys:
-                keys.popitem(last=False)
+                totals.pop(keys.popitem(last=False)[0], None)
             log.info("keys %s registered (%d bytes)", identifier, len(data))
         keys.move_to_end(identifier)
         return {"key_id": identifier}
 
     @app.post("/diagnose/{identifier}")
     async def diagnose(identifier: str, request: Request, images: int = 1) -> Response:
-        if identifier not in keys:
+        galois = keys.get(identifier)  # held: another hospital's registration may evict it while this one uploads
+        if galois is None:
             raise HTTPException(404, f"unknown key id {identifier!r}: POST /keys first (keys are kept for the "
                                      f"{max_keys} most recent hospitals)")
         if not 1 <= images <= layout.images_per_ciphertext:
@@ -118,7 +121,10 @@ def create_app(model: ServedModel, *, rate_per_minute: int = 600, max_keys: int 
         if not limit.take(identifier, images):  # counts answered images: what model extraction needs
             raise HTTPException(429, f"key {identifier}: over {rate_per_minute} images per minute")
         start = time.process_time()
-        answer = await run_in_threadpool(head, cipher, keys[identifier])
+        try:
+            answer = await run_in_threadpool(head, cipher, galois, images)
+        except CiphertextError as e:
+            raise HTTPException(400, f"ciphertext: {e}") from None
         totals[identifier] = totals.get(identifier, 0) + images
         log.info("key %s: %d image(s) in %.3f s CPU, %d served to this key", identifier, images,
                  time.process_time() - start, totals[identifier])

@@ -33,21 +33,23 @@ def test_layout_packs_images_in_class_blocks():
 def test_encrypted_scores_equal_the_plaintext_head(head, parties):
     service, hospital = parties
     x = np.random.default_rng(1).normal(size=(service.layout.images_per_ciphertext, 40))
-    answer = service(service.load_ciphertext(hospital.encrypt(x)), service.load_keys(hospital.galois_keys))
+    answer = service(service.load_ciphertext(hospital.encrypt(x)), service.load_keys(hospital.galois_keys), len(x))
     assert np.abs(hospital.decrypt(answer, len(x)) - (x @ head[0].T + head[1])).max() < 1e-4
 
 
-def test_the_answer_holds_nothing_but_the_scores(head, parties):
+def test_the_answer_holds_nothing_but_the_scores_asked_for(head, parties):
     """The hospital holds the secret key: every other slot must decrypt to (noise around) zero,
-    not to the partial sums that would give away the weights."""
+    not to the partial sums that would give away the weights, nor to the scores of images packed
+    beyond the number it declared (the service's rate limit counts that number)."""
     service, hospital = parties
-    x = np.random.default_rng(2).normal(size=(3, 40))
-    answer = service(service.load_ciphertext(hospital.encrypt(x)), service.load_keys(hospital.galois_keys))
+    x = np.random.default_rng(2).normal(size=(service.layout.images_per_ciphertext, 40))
+    answer = service(service.load_ciphertext(hospital.encrypt(x)), service.load_keys(hospital.galois_keys), 3)
     plain = seal.Plaintext()
     hospital._decryptor.decrypt(_loaded(seal.Ciphertext(), hospital.ctx, answer), plain)
     slots = np.asarray(hospital._encoder.decode_double(plain))
-    others = np.delete(slots, service.layout.outputs(service.layout.images_per_ciphertext).ravel())
-    assert np.abs(others).max() < 1e-5
+    asked = service.layout.outputs(3)
+    assert np.abs(slots[asked] - (x[:3] @ head[0].T + head[1])).max() < 1e-4
+    assert np.abs(np.delete(slots, asked.ravel())).max() < 1e-5
 
 
 def test_malformed_truncated_and_foreign_bytes_are_refused(parties):
@@ -72,6 +74,17 @@ def test_a_ciphertext_of_another_scale_or_level_is_refused(parties):
     seal.Evaluator(hospital.ctx).mod_switch_to_next_inplace(cipher)
     with pytest.raises(CiphertextError, match="fresh"):
         service.load_ciphertext(_saved(cipher))
+
+
+def test_crafted_objects_that_load_are_refused_rather_than_crash_the_service(parties):
+    service, hospital = parties
+    cipher = _loaded(seal.Ciphertext(), hospital.ctx, hospital.encrypt(np.zeros((1, 40))))
+    cipher.scale = float("nan")  # SEAL loads it; encoding at that scale would raise
+    with pytest.raises(CiphertextError, match="scale"):
+        service.load_ciphertext(_saved(cipher))
+    good = service.load_ciphertext(hospital.encrypt(np.zeros((1, 40))))
+    with pytest.raises(CiphertextError, match="cannot evaluate"):  # keys SEAL cannot rotate with
+        service(good, seal.GaloisKeys(), 1)
 
 
 def test_keys_without_the_needed_rotations_are_refused(parties):

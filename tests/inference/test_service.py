@@ -106,6 +106,8 @@ def test_a_pinned_hash_refuses_another_model_and_an_unreachable_service_is_named
     assert "not the pinned" in capsys.readouterr().err
     assert diagnose.main([*images, "--service", f"https://127.0.0.1:{free_port()}", "--ca", str(ca)]) == 2
     assert "cannot reach the service" in capsys.readouterr().err
+    assert diagnose.main([*images, "--service", "http://203.0.113.7:8443"]) == 2  # refused before any request
+    assert "plain http:// only to a loopback address" in capsys.readouterr().err
 
 
 def test_bad_input_gets_a_one_line_4xx_and_the_service_keeps_serving(service):

@@ -27,17 +27,21 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import struct
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tenseal.sealapi as seal
+import zstandard
 
 POLY_MODULUS_DEGREE = 8192
 COEFF_MODULUS_BITS = (60, 40, 40, 60)
 SCALE_BITS = 40
 SLOTS = POLY_MODULUS_DEGREE // 2
+MAX_KEY_BYTES = 32 << 20  # a hospital's Galois keys: 8.4 MB as SEAL compresses them, 9.5 MB inflated
 _TMP = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
@@ -119,6 +123,32 @@ def _loaded(obj, ctx, data: bytes):
     return obj
 
 
+def uncompressed(data: bytes, cap: int) -> bytes:
+    """`data`, a serialised SEAL object, as SEAL would read it but stored without compression; refused
+    (CiphertextError) if its content inflates past `cap` bytes. SEAL inflates a compressed object whole
+    before anything can be checked, and a few megabytes of zstd can hold gigabytes of repeated keys.
+    The header (SEAL 4): magic A15E, header size 16, version, compression mode (0 none, 1 zlib, 2 zstd),
+    2 reserved bytes, then the object's size, header included, as a little-endian uint64."""
+    if len(data) < 16 or data[:3] != b"\x5e\xa1\x10":
+        raise CiphertextError("not a SEAL object (no SEAL header)")
+    mode, size = data[5], struct.unpack_from("<Q", data, 8)[0]
+    body = data[16:size]
+    try:
+        if mode == 0:
+            members = body
+        elif mode == 1:
+            members = zlib.decompressobj().decompress(body, cap + 1)
+        elif mode == 2:
+            members = zstandard.ZstdDecompressor().stream_reader(body).read(cap + 1)
+        else:
+            raise CiphertextError(f"unknown SEAL compression mode {mode}")
+    except (zlib.error, zstandard.ZstdError) as e:
+        raise CiphertextError(f"the SEAL object does not decompress: {e}") from None
+    if len(members) > cap:
+        raise CiphertextError(f"the SEAL object inflates past {cap} bytes")
+    return data[:5] + b"\x00" + data[6:8] + struct.pack("<Q", 16 + len(members)) + members
+
+
 def key_id(galois_keys: bytes) -> str:
     return hashlib.sha256(galois_keys).hexdigest()[:32]
 
@@ -137,10 +167,6 @@ class HospitalKeys:
         self._encoder = seal.CKKSEncoder(self.ctx)
         self._encryptor = seal.Encryptor(self.ctx, public)
         self._decryptor = seal.Decryptor(self.ctx, keygen.secret_key())
-
-    @property
-    def key_id(self) -> str:
-        return key_id(self.galois_keys)
 
     def encrypt(self, features: np.ndarray) -> bytes:
         plain = seal.Plaintext()
@@ -169,6 +195,7 @@ class EncryptedLinear:
 
     def load_keys(self, data: bytes) -> seal.GaloisKeys:
         """The hospital's Galois keys, checked: they must load for these parameters and hold every rotation."""
+        data = uncompressed(data, MAX_KEY_BYTES)
         try:
             keys = _loaded(seal.GaloisKeys(), self.ctx, data)
         except (RuntimeError, ValueError, OSError) as e:

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from src.inference.ckks import (
     COEFF_MODULUS_BITS,
+    MAX_KEY_BYTES,
     POLY_MODULUS_DEGREE,
     SCALE_BITS,
     CiphertextError,
@@ -54,7 +55,7 @@ class RateLimit:
 
 
 def create_app(model: ServedModel, *, rate_per_minute: int = 600, max_keys: int = 16,
-               max_key_bytes: int = 32 << 20, max_ciphertext_bytes: int = 1 << 20) -> FastAPI:
+               max_key_bytes: int = MAX_KEY_BYTES, max_ciphertext_bytes: int = 1 << 20) -> FastAPI:
     head = EncryptedLinear(model.weight, model.bias)
     layout = head.layout
     keys: OrderedDict[str, object] = OrderedDict()  # key id -> loaded Galois keys, least recently used first

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 import tenseal.sealapi as seal
+import zstandard
 
-from src.inference.ckks import SLOTS, CiphertextError, EncryptedLinear, HospitalKeys, Layout, _loaded, _saved
+from src.inference.ckks import (
+    MAX_KEY_BYTES,
+    SLOTS,
+    CiphertextError,
+    EncryptedLinear,
+    HospitalKeys,
+    Layout,
+    _loaded,
+    _saved,
+    uncompressed,
+)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +98,24 @@ def test_crafted_objects_that_load_are_refused_rather_than_crash_the_service(par
     good = service.load_ciphertext(hospital.encrypt(np.zeros((1, 40))))
     with pytest.raises(CiphertextError, match="cannot evaluate"):  # keys SEAL cannot rotate with
         service(good, seal.GaloisKeys(), 1)
+
+
+def test_a_key_upload_that_would_inflate_past_the_cap_is_refused_before_seal_loads_it(parties):
+    """A few megabytes of zstd can hold gigabytes of repeated keys, and SEAL inflates an object whole."""
+    service, hospital = parties
+    keys = hospital.galois_keys
+    assert keys[5] == 2  # SEAL compresses with zstd
+    members = zstandard.ZstdDecompressor().stream_reader(keys[16:]).read()
+    body = zstandard.ZstdCompressor(level=3).compress(members + bytes(MAX_KEY_BYTES))
+    bomb = keys[:8] + struct.pack("<Q", 16 + len(body)) + body
+    assert len(bomb) < MAX_KEY_BYTES  # within the upload cap, yet 42 MiB of content
+    with pytest.raises(CiphertextError, match="inflates past"):
+        service.load_keys(bomb)
+    plain = uncompressed(keys, MAX_KEY_BYTES)
+    assert plain[5] == 0 and len(plain) == 16 + len(members)
+    service.load_keys(plain)  # the same keys, stored without compression
+    with pytest.raises(CiphertextError, match="no SEAL header"):
+        service.load_keys(b"\x00" * 64)
 
 
 def test_keys_without_the_needed_rotations_are_refused(parties):

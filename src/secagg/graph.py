@@ -105,7 +105,8 @@ class GraphView:
     sharing: tuple[int, ...]
 
     def __post_init__(self):
-        participants, sharing = tuple(sorted(int(p) for p in self.participants)), tuple(sorted(int(p) for p in self.sharing))
+        participants = tuple(sorted(int(p) for p in self.participants))
+        sharing = tuple(sorted(int(p) for p in self.sharing))
         if len(set(participants)) != len(participants) or len(set(sharing)) != len(sharing):
             raise ValueError("graph view: repeated node ids")
         if not set(sharing) <= set(participants):

@@ -141,7 +141,8 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
     `precision` "bfloat16" runs forward and backward under autocast, each sample's gradient cast
     to float32 before it is clipped (src/training/precision.py); the closed form stays float32.
     Under DP the entries of a per-sample gradient that are not finite are set to 0 before
-    clipping (a crafted model could otherwise make one record's NaN reach the update), and augmentation and dropout draw secretly.
+    clipping (a crafted model could otherwise make one record's NaN reach the update), and
+    augmentation and dropout draw secretly.
     """
     model.to(device).train()
     if optimizer == "adam":

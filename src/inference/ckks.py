@@ -127,6 +127,8 @@ def uncompressed(data: bytes, cap: int) -> bytes:
     """`data`, a serialised SEAL object, as SEAL would read it but stored without compression; refused
     (CiphertextError) if its content inflates past `cap` bytes. SEAL inflates a compressed object whole
     before anything can be checked, and a few megabytes of zstd can hold gigabytes of repeated keys.
+    Only this outer layer is bounded: the objects nested inside (each key of a key set) carry SEAL
+    headers of their own, with their own compression, which SEAL honours when it loads them.
     The header (SEAL 4): magic A15E, header size 16, version, compression mode (0 none, 1 zlib, 2 zstd),
     2 reserved bytes, then the object's size, header included, as a little-endian uint64."""
     if len(data) < 16 or data[:3] != b"\x5e\xa1\x10":

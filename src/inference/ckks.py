@@ -127,8 +127,8 @@ def uncompressed(data: bytes, cap: int) -> bytes:
     """`data`, a serialised SEAL object, as SEAL would read it but stored without compression; refused
     (CiphertextError) if its content inflates past `cap` bytes. SEAL inflates a compressed object whole
     before anything can be checked, and a few megabytes of zstd can hold gigabytes of repeated keys.
-    Only this outer layer is bounded: the objects nested inside (each key of a key set) carry SEAL
-    headers of their own, with their own compression, which SEAL honours when it loads them.
+    The objects nested inside (each key of a key set, its polynomials) carry SEAL headers of their own,
+    whose compression SEAL honours too: one that is compressed is refused (SEAL saves them without).
     The header (SEAL 4): magic A15E, header size 16, version, compression mode (0 none, 1 zlib, 2 zstd),
     2 reserved bytes, then the object's size, header included, as a little-endian uint64."""
     if len(data) < 16 or data[:3] != b"\x5e\xa1\x10":
@@ -148,6 +148,12 @@ def uncompressed(data: bytes, cap: int) -> bytes:
         raise CiphertextError(f"the SEAL object does not decompress: {e}") from None
     if len(members) > cap:
         raise CiphertextError(f"the SEAL object inflates past {cap} bytes")
+    at = members.find(b"\x5e\xa1\x10")
+    while at >= 0:  # a nested header: magic, size 16, this version, reserved bytes zero (random data: ~2^-48)
+        nested = members[at:at + 8]
+        if nested[3:4] == data[3:4] and nested[6:8] == b"\0\0" and nested[5:6] != b"\0":
+            raise CiphertextError("a SEAL object nested in the upload is compressed (its inflation is unbounded)")
+        at = members.find(b"\x5e\xa1\x10", at + 1)
     return data[:5] + b"\x00" + data[6:8] + struct.pack("<Q", 16 + len(members)) + members
 
 

@@ -116,6 +116,12 @@ def test_a_key_upload_that_would_inflate_past_the_cap_is_refused_before_seal_loa
     service.load_keys(plain)  # the same keys, stored without compression
     with pytest.raises(CiphertextError, match="no SEAL header"):
         service.load_keys(b"\x00" * 64)
+    nested = bytearray(plain)  # the first key inside, its own header now saying zstd: SEAL would inflate it unbounded
+    first = plain.find(b"\x5e\xa1\x10", 16)
+    assert first > 0 and nested[first + 5] == 0
+    nested[first + 5] = 2
+    with pytest.raises(CiphertextError, match="nested in the upload is compressed"):
+        service.load_keys(bytes(nested))
 
 
 def test_keys_without_the_needed_rotations_are_refused(parties):

@@ -22,7 +22,7 @@ from src.data.federation import Federation, build_federation
 from src.launch.configs import Hospital
 from src.models.features import features_file, raw_features, save_features
 from src.models.initial import FILE as INITIAL_MODEL, load_initial_model
-from src.secagg.graph import default_num_shares
+from src.secagg.graph import circulant_neighbours, default_num_shares
 from src.secagg.identity import new_identity_key, write_roster
 
 
@@ -65,7 +65,8 @@ def complete_graph(cfg: DictConfig) -> bool:
         return False
     n = int(cfg.federation.num_hospitals)
     num_shares = cfg.strategy.num_shares
-    return (int(num_shares) if num_shares is not None else default_num_shares(n)) >= n
+    graph = circulant_neighbours(range(n), int(num_shares) if num_shares is not None else default_num_shares(n))
+    return all(len(near) == n for near in graph.values())
 
 
 def identities(names: list[str], run_dir: Path) -> tuple[Path, dict[str, Path]]:

@@ -25,7 +25,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from src.client import secure_aggregation
-from src.client.hospital import Policy, node_settings
+from src.client.hospital import Policy, manifest, node_settings
 
 if TYPE_CHECKING:
     from src.data.federation import Federation
@@ -34,11 +34,6 @@ app = ClientApp()
 app.train("secagg_share")(secure_aggregation.share_keys)
 app.train("secagg_consistency")(secure_aggregation.consistency)
 app.train("secagg_unmask")(secure_aggregation.unmask)
-
-
-def manifest(context: Context) -> Path:
-    """This hospital's manifest (its part of the federation); its privacy ledger and training log lie beside it."""
-    return Path(str(node_settings(context)["manifest"]))
 
 
 def hospital_data(context: Context) -> Federation:

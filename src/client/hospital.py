@@ -34,6 +34,12 @@ from flwr.app import Context
 MAX_DELTA = 1e-5  # the δ a hospital counts its ε at when its node config names none
 
 
+def manifest(context: Context) -> Path:
+    """This hospital's manifest (its part of the federation); its own records (privacy ledger, training log,
+    secure-aggregation rounds) lie beside it."""
+    return Path(str(node_settings(context)["manifest"]))
+
+
 def node_settings(context: Context) -> dict:
     """This hospital's own settings: its node config, or the simulation's stand-in for it."""
     if "manifest" in context.node_config:

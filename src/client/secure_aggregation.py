@@ -6,22 +6,26 @@ never leaves the handler. Every round key it advertises is signed with the hospi
 identity key, every neighbour's is verified against the consortium roster, and the
 hospital's own policy (`src/client/hospital.py`) bounds the threshold and the
 survivors it accepts, whatever the server sends. Between messages each round's session (private keys, the
-shares it holds) waits in the Flower Context.state on the hospital's own SuperNode.
+shares it holds) waits in the Flower Context.state on the hospital's own SuperNode; the
+last round it masked an update for, in each run, is kept on its disk beside its manifest
+(`<hospital>.secagg.json`), so that a restarted SuperNode still refuses to mask a round again.
 The stage handlers import neither torch nor MONAI: without a warm worker Flower starts
 a fresh process for every message, and the stages need only numpy and `cryptography`.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from src.client.hospital import identity, policy
+from src.client.hospital import identity, manifest, node_settings, policy
 from src.secagg import ClientSession, SecAggError
 from src.secagg.records import keys_record, peers_keys, peers_view
 
 PREFIX = "secagg-session."
-MASKED = "secagg-masked-round."  # + run id: the last round this hospital sent a masked update for, in that run
 
 
 def setup(msg: Message, context: Context, hospital: str) -> Message:
@@ -55,9 +59,10 @@ def check_ready(msg: Message, context: Context) -> None:
 def contribute(msg: Message, context: Context, update: np.ndarray, num_examples: int) -> dict:
     """In the train reply: the masked update (stage 3) and public keys for the next round (its stage 1)."""
     session = _load(msg, context, int(msg.content["secagg"]["server_round"]))
+    _refuse_masked(msg, context, session.state.round, "mask an update for")  # again: the caller holds the ledger lock
     shares = msg.content["secagg-shares"]
     masked = session.masked_input(dict(zip(shares["from"], shares["ciphertexts"])), update, num_examples)
-    context.state[MASKED + str(msg.metadata.run_id)] = ConfigRecord({"round": session.state.round})
+    _record_masked(context, msg.metadata.run_id, session.state.round)  # before the masked update leaves
     _store(context, session)
     return {"secagg-masked": ArrayRecord([masked])} | next_keys(msg, context)
 
@@ -124,12 +129,27 @@ def _share(msg: Message, context: Context, peers: ConfigRecord) -> ConfigRecord:
     return ConfigRecord({"to": list(ciphertexts), "ciphertexts": list(ciphertexts.values())})
 
 
+def masked_rounds(context: Context) -> Path:
+    """The hospital's record of the last round it masked an update for, per run: on its own disk, not in the
+    SuperNode's memory, which a restart empties (and a restarted SuperNode could be asked to mask a round again)."""
+    return manifest(context).with_name(f"{node_settings(context)['hospital']}.secagg.json")
+
+
 def _refuse_masked(msg: Message, context: Context, server_round: int, what: str) -> None:
     """Rounds go forward: none at or before the last one this hospital masked an update for, in this run."""
-    masked = context.state.get(MASKED + str(msg.metadata.run_id))
-    if masked is not None and server_round <= int(masked["round"]):
+    path = masked_rounds(context)
+    masked = json.loads(path.read_text()).get(str(msg.metadata.run_id)) if path.exists() else None
+    if masked is not None and server_round <= int(masked):
         raise SecAggError(f"refusing to {what} secure-aggregation round {server_round} of run {msg.metadata.run_id}: "
-                          f"this hospital already sent a masked update for round {int(masked['round'])}")
+                          f"this hospital already sent a masked update for round {int(masked)}")
+
+
+def _record_masked(context: Context, run_id: int, server_round: int) -> None:
+    path = masked_rounds(context)
+    rounds = json.loads(path.read_text()) if path.exists() else {}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(rounds | {str(run_id): server_round}))
+    tmp.replace(path)  # atomically: a crash leaves the old record or the new one
 
 
 def _store(context: Context, session: ClientSession) -> None:

@@ -9,6 +9,9 @@ a federation.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -54,10 +57,11 @@ def consortium_dir(tmp_path_factory):
     return folder
 
 
-def node_config(folder, node: int, **policy) -> dict:
-    """A hospital's own node config: its identity, the roster, its policy."""
-    return {"hospital": f"hospital_{node}", "manifest": "-", "identity-key": str(folder / f"hospital_{node}.pem"),
-            "roster": str(folder / "roster.json"), **policy}
+def node_config(folder, node: int, records: Path, **policy) -> dict:
+    """A hospital's own node config: its identity, the roster, its policy, where its records go (beside its
+    manifest, which no stage reads)."""
+    return {"hospital": f"hospital_{node}", "manifest": str(records / f"hospital_{node}.json"),
+            "identity-key": str(folder / f"hospital_{node}.pem"), "roster": str(folder / "roster.json"), **policy}
 
 
 def update_of(node: int, server_round: int, length: int) -> np.ndarray:
@@ -70,7 +74,8 @@ class Hospitals(Grid):
 
     def __init__(self, folder, nodes=NODES, **policy):
         self.nodes = list(nodes)
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config=node_config(folder, n, **policy),
+        self.records = Path(tempfile.mkdtemp(dir=folder))  # the hospitals' own disks, this grid's alone
+        self.contexts = {n: Context(run_id=1, node_id=n, node_config=node_config(folder, n, self.records, **policy),
                                     state=RecordDict(), run_config={}) for n in self.nodes}
         self.behaviour: dict[tuple[int, int], str] = {}
         self.sent: list[tuple[int, str]] = []  # (round, message type), one per exchange

@@ -10,7 +10,7 @@ hospitals enforce their own policy from their node config (`src/client/hospital.
 from __future__ import annotations
 
 import pytest
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from src.client import secure_aggregation
 from src.secagg import BelowThresholdError, RoundKeys, SecAggError
@@ -184,13 +184,18 @@ def test_withholding_shares_to_single_out_a_hospital_is_refused(consortium_dir):
     assert not any(TARGET in list(c["b"]["nodes"]) for c in revealed)
 
 
-def test_a_round_a_hospital_masked_an_update_for_is_never_started_again(consortium_dir):
+@pytest.mark.parametrize("restarted", [False, True])
+def test_a_round_a_hospital_masked_an_update_for_is_never_started_again(consortium_dir, restarted):
     """Started again after the hospital masked, a round gets a second session that signs a second
     survivor list with fresh keys; a server that shows each neighbour the session it wants then has
     the hospital's signature counted on two lists, and (3 or 5 hospitals, none colluding) gathers
-    its seed b and its partners' mask keys: its update, alone."""
+    its seed b and its partners' mask keys: its update, alone. Also after its SuperNode restarted,
+    which empties Context.state."""
     grid, s = Hospitals(consortium_dir), strategy(2)
     run_round(s, grid, 1, start_model())
+    if restarted:
+        grid.contexts[TARGET] = Context(run_id=1, node_id=TARGET, node_config=grid.contexts[TARGET].node_config,
+                                        state=RecordDict(), run_config={})
 
     def setup(server_round):
         settings = {"server_round": server_round, "threshold": 3, "clip_range": CLIP, "quant_bits": BITS,

@@ -48,6 +48,16 @@ def secagg_setup(msg: Message, context: Context) -> Message:
     return secure_aggregation.setup(msg, context, hospital_data(context).hospitals[0])
 
 
+def run_config(context: Context):
+    """The run's config, except where the hospital caches its decoded images: its own node config's
+    `cache-dir` (else a folder beside its manifest), never a path the server chooses for patient data."""
+    from src.config import from_run_config
+
+    cfg = from_run_config(context.run_config)
+    cfg.data.cache_dir = str(node_settings(context).get("cache-dir", manifest(context).parent / "cache"))
+    return cfg
+
+
 def _share_cpu(context: Context) -> None:
     """Hospitals sharing one machine each get their share of its cores (node config `threads`):
     several processes each running torch on all cores slow one another down many times over."""
@@ -91,9 +101,7 @@ def warm_up() -> None:
 def train_round(msg: Message, context: Context) -> Message:
     """Local epochs (DP-SGD under privacy=dp); the update goes back in the clear (FedAvg, FedProx)
     or masked by secure aggregation (secagg)."""
-    from src.config import from_run_config
-
-    cfg = from_run_config(context.run_config)
+    cfg = run_config(context)
     rules = Policy.of(node_settings(context))
     data = hospital_data(context)
     hospital, samples = data.hospitals[0], data.select(split="train")
@@ -206,9 +214,7 @@ def _evaluate(cfg, data: Federation, model, context: Context) -> dict:
 @app.evaluate()
 def evaluate_model(msg: Message, context: Context) -> Message:
     """The last round's model (earlier ones are evaluated at the start of the next train message)."""
-    from src.config import from_run_config
-
     _share_cpu(context)
     data = hospital_data(context)
-    cfg = from_run_config(context.run_config)
+    cfg = run_config(context)
     return _reply(msg, data.hospitals[0], _evaluate(cfg, data, _model(cfg, data.classes, msg, context), context))

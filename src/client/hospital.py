@@ -6,6 +6,8 @@ src.client.app:app --node-config ...`) says what the hospital accepts. Everythin
 server could abuse is read from here:
 
     hospital, manifest, threads             its name, its part of the split, its cores
+    cache-dir                               where it caches its decoded images (default: beside
+                                            its manifest)
     initial-model                           the run's agreed initial model (its fixed front end)
     identity-key, roster                    its Ed25519 identity key, the consortium's roster
     require-secure-aggregation              refuse to send an update that is not masked

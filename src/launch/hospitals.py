@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 from rich.console import Console
 
@@ -89,7 +90,8 @@ def identities(names: list[str], run_dir: Path) -> tuple[Path, dict[str, Path]]:
 
 
 def hospital_nodes(cfg: DictConfig, federation: Federation, run_dir: Path) -> list[Hospital]:
-    """One SuperNode per hospital, each given only its own manifest, identity, policy and share of the cores.
+    """One SuperNode per hospital, each given only its own manifest, identity, policy, data cache and share of
+    the cores.
 
     The same settings go to `hospitals/<name>.node.json`: Flower's simulation engine
     has no per-node config, and the ClientApp reads them there instead.
@@ -98,12 +100,13 @@ def hospital_nodes(cfg: DictConfig, federation: Federation, run_dir: Path) -> li
     threads = max(1, (os.cpu_count() or 1) // len(federation.hospitals))
     roster, keys = identities(federation.hospitals, run_dir)
     policy = hospital_policy(cfg)
+    image_cache = to_absolute_path(str(cfg.data.cache_dir))  # the launcher decodes their images into it, as theirs
     hospitals = []
     for name in federation.hospitals:
         manifest = run_dir / "hospitals" / f"{name}.json"
         federation.only(name).save(manifest)
         config = {"hospital": name, "manifest": str(manifest), "threads": threads, "identity-key": str(keys[name]),
-                  "roster": str(roster), "initial-model": str(run_dir / INITIAL_MODEL), **policy}
+                  "roster": str(roster), "initial-model": str(run_dir / INITIAL_MODEL), "cache-dir": image_cache, **policy}
         (run_dir / "hospitals" / f"{name}.node.json").write_text(json.dumps(config, indent=1))
         hospitals.append(Hospital(name, config))
     return hospitals

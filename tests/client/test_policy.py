@@ -33,3 +33,16 @@ def test_a_hospital_trains_only_under_the_privacy_it_chose(hospital, policy, ove
     reply = train_round(msg, context)
     assert reason in reply.content["hospital"]["declined"]
     assert "arrays" not in reply.content and not (hospital / "hospital_1.privacy.json").exists()
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_the_server_does_not_choose_where_a_hospital_caches_its_decoded_images(hospital, own):
+    """A run config's data.cache_dir would have the hospital write decoded patient images wherever the server
+    names: the hospital's own node config says where (or a folder beside its manifest)."""
+    from src.client.app import run_config
+
+    cfg = compose_config(["data.cache_dir=/srv/shared/server-chosen"])
+    settings = {"hospital": "hospital_1", "manifest": str(hospital / "hospital_1.json")}
+    context = Context(run_id=1, node_id=7, state=RecordDict(), run_config=to_run_config(cfg, hospital),
+                      node_config=settings | ({"cache-dir": str(hospital / "own-cache")} if own else {}))
+    assert run_config(context).data.cache_dir == str(hospital / ("own-cache" if own else "cache"))

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from src.config import compose_config
-from src.data.federation import build_federation
+from src.data.federation import Federation, build_federation
+from src.data.layouts import Sample
 from src.data.synthetic import generate
-from src.launch.hospitals import cache_front_end_features, hospital_policy
+from src.launch.hospitals import cache_front_end_features, hospital_nodes, hospital_policy
 from src.models.features import features_file, raw_features
 from src.models.initial import load_initial_model, save_initial_model
 
@@ -54,3 +55,13 @@ def test_hospitals_ask_for_a_complete_graph_when_the_run_has_one(overrides, comp
 def test_a_complete_graph_the_run_does_not_have_is_refused_by_name():
     with pytest.raises(ValueError, match="strategy.num_shares=20"):
         hospital_policy(compose_config(["federation.num_hospitals=20", "hospital.complete_graph=true"]))
+
+
+def test_each_hospital_is_told_to_reuse_the_images_the_launcher_decoded(tmp_path):
+    """The launcher decodes every hospital's images into data.cache_dir; each hospital's node config names that
+    cache as its own (the run config's is not read by a hospital)."""
+    cfg = compose_config([f"data.cache_dir={tmp_path / 'cache'}"])
+    samples = [Sample(str(tmp_path / f"{i}.dcm"), 0, f"hospital_{i % 2 + 1}", "train") for i in range(4)]
+    federation = Federation(["normal", "bacterial", "viral"], ["hospital_1", "hospital_2"], samples)
+    nodes = hospital_nodes(cfg, federation, tmp_path)
+    assert [node.node_config["cache-dir"] for node in nodes] == [str(tmp_path / "cache")] * 2

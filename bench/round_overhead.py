@@ -20,6 +20,7 @@ earlier ones, so that before and after, or FedAvg and secure aggregation, sit in
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -151,6 +152,8 @@ def secure_aggregation_cost(runs: dict) -> dict:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    label = args[args.index("--label") + 1] if "--label" in args else "default"
-    main(label, [a for i, a in enumerate(args) if a != "--label" and (i == 0 or args[i - 1] != "--label")])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="Any other argument is a Hydra override of the run's config.")
+    parser.add_argument("--label", default="default", help="where in the JSON this measurement goes")
+    args, overrides = parser.parse_known_args()
+    main(args.label, overrides)

@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve a run's model for CKKS-encrypted diagnosis. Reads "
                                      "model.pt; writes nothing (logs queries per key to stderr).")
     parser.add_argument("--model", type=Path, required=True, help="model.pt of a run")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1", help="default: %(default)s (plain HTTP only on loopback)")
+    parser.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (HTTPS)")
     parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     parser.add_argument("--rate", type=int, default=600, help="images per minute per hospital key")

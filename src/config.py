@@ -27,7 +27,29 @@ def to_run_config(cfg: DictConfig, run_dir) -> dict:
 
 
 def from_run_config(run_config) -> DictConfig:
-    return OmegaConf.create(json.loads(str(run_config["config"])))
+    """The config a run config carries, refusing any `${...}` in it.
+
+    The launcher resolves the config before it leaves (`to_run_config`), so an honest one
+    holds no interpolation. OmegaConf would resolve one wherever a key is read, at a
+    hospital too, on behalf of the server that wrote it: `oc.env` reads the hospital's
+    environment, `oc.create` makes a fresh node at every read (so a value the hospital
+    sets for itself, such as its data cache, would not stick), and nested references
+    grow exponentially."""
+    config = json.loads(str(run_config["config"]))
+    _refuse_interpolation(config, "")
+    return OmegaConf.create(config)
+
+
+def _refuse_interpolation(value, key: str) -> None:
+    if isinstance(value, dict):
+        for name, inner in value.items():
+            _refuse_interpolation(inner, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            _refuse_interpolation(inner, f"{key}[{i}]")
+    elif isinstance(value, str) and "${" in value:
+        raise ValueError(f"{key}: the run config holds an interpolation ({value[:60]!r}); a run config is "
+                         "resolved before it is sent")
 
 
 def validate(cfg: DictConfig) -> None:

@@ -15,7 +15,9 @@ the secure-aggregation stages (`src/client/secure_aggregation.py`: numpy and
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -26,14 +28,43 @@ from flwr.clientapp import ClientApp
 
 from src.client import secure_aggregation
 from src.client.hospital import Policy, manifest, node_settings
+from src.secagg import SecAggError
 
 if TYPE_CHECKING:
     from src.data.federation import Federation
 
+log = logging.getLogger("fedcxr.hospital")
+
+
+class HospitalError(RuntimeError):
+    """What the server is told when a handler fails (see `keeps_its_reasons`)."""
+
+
+def keeps_its_reasons(handler):
+    """A failing handler's reason stays in the hospital's own log; the server gets a fixed one.
+
+    An exception's text can name a patient's file, and which failure a crafted config meets
+    can tell one training set from another, before any ε is spent. The protocol's refusals
+    (SecAggError: rounds, node ids and policies, nothing of the data) reach the server as
+    they are: a coordinator needs them to see why a round failed."""
+
+    @functools.wraps(handler)
+    def answered(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except SecAggError:
+            raise
+        except Exception:
+            log.exception("%s (round message %s) failed", msg.metadata.message_type, msg.metadata.group_id)
+            raise HospitalError("the hospital could not answer; the reason stays in its own log") from None
+
+    return answered
+
+
 app = ClientApp()
-app.train("secagg_share")(secure_aggregation.share_keys)
-app.train("secagg_consistency")(secure_aggregation.consistency)
-app.train("secagg_unmask")(secure_aggregation.unmask)
+app.train("secagg_share")(keeps_its_reasons(secure_aggregation.share_keys))
+app.train("secagg_consistency")(keeps_its_reasons(secure_aggregation.consistency))
+app.train("secagg_unmask")(keeps_its_reasons(secure_aggregation.unmask))
 
 
 def hospital_data(context: Context) -> Federation:
@@ -43,6 +74,7 @@ def hospital_data(context: Context) -> Federation:
 
 
 @app.train("secagg_setup")
+@keeps_its_reasons
 def secagg_setup(msg: Message, context: Context) -> Message:
     """Secure aggregation's first stage, when it runs on its own; the answer names the hospital."""
     return secure_aggregation.setup(msg, context, hospital_data(context).hospitals[0])
@@ -73,7 +105,10 @@ def _model(cfg, classes: list[str], msg: Message, context: Context):
     from src.models.initial import initial_model_from
     from src.models.wire import load_record
 
-    model = initial_model_from(cfg, len(classes), Path(str(node_settings(context)["initial-model"])))
+    path = Path(str(node_settings(context)["initial-model"]))
+    if not path.is_file():  # never built here: the run config names the reference set it would be fitted on
+        raise FileNotFoundError(f"initial-model {path}: no such file (the hospital's node config names it)")
+    model = initial_model_from(cfg, len(classes), path)
     load_record(model, msg.content["arrays"])
     return model
 
@@ -98,6 +133,7 @@ def warm_up() -> None:
 
 
 @app.train()
+@keeps_its_reasons
 def train_round(msg: Message, context: Context) -> Message:
     """Local epochs (DP-SGD under privacy=dp); the update goes back in the clear (FedAvg, FedProx)
     or masked by secure aggregation (secagg)."""
@@ -212,6 +248,7 @@ def _evaluate(cfg, data: Federation, model, context: Context) -> dict:
 
 
 @app.evaluate()
+@keeps_its_reasons
 def evaluate_model(msg: Message, context: Context) -> Message:
     """The last round's model (earlier ones are evaluated at the start of the next train message)."""
     _share_cpu(context)

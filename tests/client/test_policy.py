@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
@@ -46,3 +49,45 @@ def test_the_server_does_not_choose_where_a_hospital_caches_its_decoded_images(h
     context = Context(run_id=1, node_id=7, state=RecordDict(), run_config=to_run_config(cfg, hospital),
                       node_config=settings | ({"cache-dir": str(hospital / "own-cache")} if own else {}))
     assert run_config(context).data.cache_dir == str(hospital / ("own-cache" if own else "cache"))
+
+
+@pytest.mark.parametrize("crafted", [
+    {"data": "${oc.create:${server_data}}"},  # a fresh node at every read: the hospital's own cache_dir would not stick
+    {"privacy": {"name": "${oc.env:HOSPITAL_SECRET}"}},  # the hospital's environment, echoed in a declined reason
+])
+def test_a_run_config_with_an_interpolation_is_refused(hospital, monkeypatch, crafted):
+    """OmegaConf resolves `${...}` where a key is read: at the hospital, on the server's behalf."""
+    from omegaconf import OmegaConf
+
+    from src.client.app import run_config
+
+    monkeypatch.setenv("HOSPITAL_SECRET", "hunter2")
+    cfg = compose_config([])
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["server_data"] = dict(config["data"], cache_dir="/srv/shared/server-chosen")
+    for key, value in crafted.items():
+        config[key] = value if isinstance(value, str) else dict(config[key], **value)
+    context = Context(run_id=1, node_id=7, state=RecordDict(), node_config={
+        "hospital": "hospital_1", "manifest": str(hospital / "hospital_1.json")},
+        run_config={"config": json.dumps(config), "run-dir": str(hospital)})
+    with pytest.raises(ValueError, match="the run config holds an interpolation"):
+        run_config(context)
+
+
+def test_a_hospital_without_its_initial_model_builds_none_and_tells_the_server_nothing(hospital, caplog):
+    """Without the file its node config names, the hospital would fit the front end on the reference set the
+    server names (its own archive, say) and write there; it refuses instead, and the server gets a fixed reason
+    (an exception's text can name a patient's file)."""
+    from src.client.app import HospitalError
+
+    cfg = compose_config(["strategy=fedavg", "privacy=none", f"reference.root={hospital / 'server-chosen'}"])
+    context = Context(run_id=1, node_id=7, state=RecordDict(), run_config=to_run_config(cfg, hospital),
+                      node_config={"hospital": "hospital_1", "manifest": str(hospital / "hospital_1.json"),
+                                   "require-secure-aggregation": False, "max-epsilon": math.inf,
+                                   "initial-model": str(hospital / "missing.pt")})
+    msg = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=7, message_type="train")
+    with pytest.raises(HospitalError) as refused:
+        train_round(msg, context)
+    assert str(refused.value) == "the hospital could not answer; the reason stays in its own log"
+    assert "missing.pt: no such file" in caplog.text  # the reason, in the hospital's own log
+    assert not (hospital / "server-chosen").exists()

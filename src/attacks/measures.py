@@ -3,7 +3,7 @@
 Chest radiographs are aligned: the mean of other patients' images already scores a
 respectable PSNR against anyone's. A leak is therefore measured as a gain over two
 baselines that carry no information about the attacked patients — the mean image of
-other patients, and the best single other patient — and as re-identification. PSNR and
+other patients of the same site, and the best single other patient — and as re-identification. PSNR and
 SSIM pair each reconstruction one-to-one with a true image (Hungarian assignment on
 SSIM); "best" is each reconstruction's most similar true image. That pairing looks at the
 truth, so it flatters any reconstruction (the audit scores its controls the same way:
@@ -75,12 +75,15 @@ def reidentify(similarity: np.ndarray, members: list[int]) -> tuple[float, np.nd
 
 
 def leakage(reconstructions: torch.Tensor, truth: torch.Tensor, gallery: torch.Tensor | None, members: list[int],
-            others: torch.Tensor, best_other: bool = True) -> dict:
+            others: torch.Tensor, best_other: bool = True, mean_of: torch.Tensor | None = None) -> dict:
     """Measures of n reconstructions against the n true images (n, 1, S, S), all in [0, 1].
 
     gallery: the patients a re-identification names among, the update's at positions `members`
-    (None: no re-identification); others: images of other patients (the baselines; `best_other`
-    also compares every true image with each of them, the costliest measure with re-identification)."""
+    (None: no re-identification); others: images of other patients (`best_other` compares every
+    true image with each of them, the costliest measure with re-identification); mean_of: the
+    images whose mean is the baseline image (default: `others`). The audit takes the same
+    site's patients who were not in the update: a mean of another population scores lower
+    against these patients and would flatter every gain."""
     n = len(truth)
     ssim = ssim_matrix(reconstructions, truth)
     rows, cols = linear_sum_assignment(-ssim)
@@ -88,7 +91,7 @@ def leakage(reconstructions: torch.Tensor, truth: torch.Tensor, gallery: torch.T
     psnr = _PSNR(reconstructions, paired).flatten().numpy()
     pssim = _SSIM(reconstructions, paired).flatten().numpy()
     mse = (reconstructions - paired).pow(2).mean(dim=(1, 2, 3)).numpy()
-    mean_image = others.mean(0, keepdim=True).expand_as(truth)
+    mean_image = (others if mean_of is None else mean_of).mean(0, keepdim=True).expand_as(truth)
     base_psnr = _PSNR(mean_image, truth).flatten().numpy()
     base_ssim = _SSIM(mean_image, truth).flatten().numpy()
     result = {

@@ -12,6 +12,9 @@
    steps, full batch, per-sample clipping under DP) gives an update of maximal cosine
    similarity with the observed one; a Gaussian prior keeps them where whitened features
    live (the front end whitens on the public reference set).
+   An attacker that holds a gallery of the hospital's patients (any images of them: the
+   front end is public) can skip the features and name patients directly: the patients
+   whose gradients at the global model best add up to the update (`match_gallery`).
 2. **Features -> pixels.** A learnt prior from public data, as attackers with public images
    use: kernel ridge regression from front-end features to pixels, fitted on the public
    reference set (64 whitened scattering components hold much of an aligned radiograph's
@@ -117,6 +120,78 @@ def match_features(delta_weight: np.ndarray, delta_bias: np.ndarray, weight: np.
             if stale >= 100:
                 break
     return dummy.detach().numpy(), done
+
+
+def match_gallery(delta_weight: np.ndarray, delta_bias: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                  gallery: np.ndarray, n: int, training: LocalTraining) -> list[int]:
+    """The attacker that holds a gallery of candidate patients (any images of them give their features: the
+    front end is public): greedily, n distinct patients, each with the label that fits best, whose summed
+    gradients best match the observed update (cosine). A candidate's gradient is taken where the head was at
+    each local step, read off the update itself (the head moved along it: after step t by the share of the
+    update that steps 1..t make under a constant gradient), weighted as momentum carries each step into the
+    update, and clipped per sample as the hospital clips. Returns the gallery positions picked, in order."""
+    classes, dims = weight.shape[0], gallery.shape[1] + 1
+    inputs = np.hstack([gallery, np.ones((len(gallery), 1))])
+    share, carried = _path(training)
+    gradients = np.zeros((len(gallery) * classes, classes * dims))
+    for moved, weight_of_step in zip(share, carried):
+        logits = gallery @ (weight + moved * delta_weight).T + (bias + moved * delta_bias)
+        prediction = np.exp(logits - logits.max(1, keepdims=True))
+        prediction /= prediction.sum(1, keepdims=True)
+        residual = prediction[:, None, :] - np.eye(classes)[None]  # (patient, label, output class)
+        step = (residual[..., None] * inputs[:, None, None, :]).reshape(len(gallery) * classes, classes * dims)
+        if training.max_grad_norm is not None:
+            step *= np.minimum(1.0, training.max_grad_norm / (np.linalg.norm(step, axis=1, keepdims=True) + 1e-12))
+        gradients += weight_of_step * step
+    target = -np.hstack([delta_weight, delta_bias[:, None]]).reshape(-1)  # the update's layout: (class, input + 1)
+    along, squares = gradients @ target, (gradients ** 2).sum(1)
+    free = np.ones(len(gradients), dtype=bool)
+
+    def best_with(total: np.ndarray) -> tuple[int, float]:
+        """The free candidate whose gradient added to `total` matches the update best, and that cosine."""
+        norm = np.sqrt(np.maximum(total @ total + 2 * gradients @ total + squares, 1e-300))
+        score = np.where(free, (total @ target + along) / norm, -np.inf)
+        best = int(np.argmax(score))
+        return best, float(score[best])
+
+    def take(candidate: int, taken: bool) -> None:
+        patient = candidate // classes
+        free[patient * classes:(patient + 1) * classes] = not taken
+
+    total, picked = np.zeros(classes * dims), []
+    for _ in range(min(n, len(gallery))):  # greedily, then swaps while one improves the match
+        best, _ = best_with(total)
+        total += gradients[best]
+        take(best, True)
+        picked.append(best)
+    for _ in range(10):
+        improved = False
+        for i, current in enumerate(picked):
+            rest = total - gradients[current]
+            take(current, False)
+            best, score = best_with(rest)
+            if best != current and score > _cosine(total, target) + 1e-12:
+                picked[i], total, improved = best, rest + gradients[best], True
+            take(picked[i], True)
+        if not improved:
+            break
+    return [candidate // classes for candidate in picked]
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-300))
+
+
+def _path(training: LocalTraining) -> tuple[list[float], list[float]]:
+    """For each local step under a constant gradient: the share of the whole update made before it, and the
+    weight momentum gives that step's gradient in the update."""
+    velocity, moved, before = 0.0, 0.0, []
+    for _ in range(training.steps):
+        before.append(moved)
+        velocity = training.momentum * velocity + 1.0
+        moved += velocity
+    carried = [sum(training.momentum ** i for i in range(training.steps - t)) for t in range(training.steps)]
+    return [b / moved for b in before], carried
 
 
 class Decoder:

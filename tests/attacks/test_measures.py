@@ -89,29 +89,50 @@ def test_the_report_section_is_added_once_and_replaced(tmp_path):
     assert text.count("## Inversion audit") == 1 and text.startswith("# Run") and "| gradient-1 | 1 | 24.0 |" in text
 
 
-def test_the_verdict_on_the_defaults_compares_with_chance():
-    row = {"images": 584, "ssim_gain": 0.0, "chance": 0.5, "measured_in_pixels": 16, "feature_reidentification": 0.5,
-           "null": {"reidentification": 0.5, "ssim_gain": 0.0}}
-    assert "at the baselines" in verdict({"secure-aggregate": {**row, "reidentification": 0.6}})
-    assert "ABOVE the baselines" in verdict({"secure-aggregate": {**row, "reidentification": 0.9}})
-    assert "ABOVE the baselines" in verdict({"secure-aggregate": {**row, "reidentification": 0.5, "ssim_gain": 0.05}})
-    assert "The run's defences (secure aggregation, no DP)" in verdict(
-        {"secure-aggregate": {**row, "reidentification": 0.6}}, "secure aggregation, no DP")
+QUIET = "no better than a noise update"
+LOUD = "ABOVE the baselines"
+
+
+def aggregate(**changes) -> dict:
+    """A secure-aggregate row at chance and at its controls, with `changes`."""
+    row = {"images": 584, "ssim_gain": 0.0, "chance": 0.5, "measured_in_pixels": 64, "reidentification": 0.5,
+           "feature_reidentification": 0.5, "gallery_reidentification": 0.65, "gallery_chance": 0.65,
+           "null": {"reidentification": 0.5, "ssim_gain": 0.0},
+           "null_update": {"feature_reidentification": 0.5, "gallery_reidentification": 0.65}}
+    return {**row, **changes}
+
+
+def test_the_verdict_on_the_defaults_compares_with_chance_and_a_noise_update():
+    assert QUIET in verdict({"secure-aggregate": aggregate(reidentification=0.6)})
+    assert LOUD in verdict({"secure-aggregate": aggregate(reidentification=0.9)})
+    assert LOUD in verdict({"secure-aggregate": aggregate(ssim_gain=0.05)})
+    assert LOUD in verdict({"secure-aggregate": aggregate(gallery_reidentification=0.8)})
+    # above chance, but the attack names as many patients from noise: nothing read
+    assert QUIET in verdict({"secure-aggregate": aggregate(
+        gallery_reidentification=0.8, null_update={"feature_reidentification": 0.5, "gallery_reidentification": 0.8})})
+    assert "under the run's defences (secure aggregation, no DP)" in verdict(
+        {"secure-aggregate": aggregate()}, "secure aggregation, no DP")
 
 
 def test_reidentification_by_features_counts_too():
-    row = {"images": 584, "ssim_gain": 0.0, "chance": 0.5, "measured_in_pixels": 16, "reidentification": 0.5,
-           "feature_reidentification": 1.0, "null": {}}
-    assert "ABOVE the baselines" in verdict({"secure-aggregate": row})
+    assert LOUD in verdict({"secure-aggregate": aggregate(feature_reidentification=1.0)})
 
 
 def test_the_ssim_gain_counts_over_what_the_pairing_gains_with_outsiders():
-    row = {"images": 584, "chance": 0.5, "measured_in_pixels": 64, "reidentification": 0.5,
-           "feature_reidentification": 0.5, "null": {}}
-    assert "at the baselines" in verdict({"secure-aggregate": {**row, "ssim_gain": 0.15,
-                                                               "outsiders": {"ssim_gain": 0.14}}})
-    assert "ABOVE the baselines" in verdict({"secure-aggregate": {**row, "ssim_gain": 0.15,
-                                                                  "outsiders": {"ssim_gain": 0.05}}})
+    assert QUIET in verdict({"secure-aggregate": aggregate(ssim_gain=0.15, outsiders={"ssim_gain": 0.14})})
+    assert LOUD in verdict({"secure-aggregate": aggregate(ssim_gain=0.15, outsiders={"ssim_gain": 0.05})})
+
+
+def test_the_defences_are_credited_only_where_the_undefended_update_of_that_size_is_read():
+    unread = {**aggregate(), "images": 195}
+    text = verdict({"secure-aggregate": aggregate(), "update": unread})
+    assert "averaging alone hides the images from this attack" in text
+    read = {**unread, "gallery_reidentification": 0.95}
+    assert "averaging alone" not in verdict({"secure-aggregate": aggregate(), "update": read})
+    plain = {"draws": 10, "mean": 0.9, "sd": 0.1, "noise_mean": 0.05, "noise_sd": 0.05, "chance": 0.02}
+    hidden = {**plain, "mean": 0.06}  # within its noise update's spread
+    text = verdict({"update/4-images": {"gallery_draws": plain}, "update-dp/4-images": {"gallery_draws": hidden}})
+    assert "without DP: 0.90 ± 0.10 (0.05; 0.02: READ)" in text and "run's σ: 0.06 ± 0.10 (0.05; 0.02: not read)" in text
 
 
 def test_a_run_without_dp_is_audited_at_the_default_dp_settings():

@@ -9,7 +9,15 @@ import torch
 from omegaconf import OmegaConf
 
 from src.attacks.measures import leakage
-from src.attacks.reconstruct import Decoder, LocalTraining, features_of_one, match_features, recover_labels, replay
+from src.attacks.reconstruct import (
+    Decoder,
+    LocalTraining,
+    features_of_one,
+    match_features,
+    match_gallery,
+    recover_labels,
+    replay,
+)
 from src.training.loops import _Features, train_epochs
 from src.training.privacy import plan
 
@@ -58,6 +66,25 @@ def test_the_clipped_replay_is_opacus_without_its_noise():
     dw, db = hospital_update(weight, bias, x, y, TRAINING, dp)
     rw, rb = replay(weight, bias, x, y, replace(TRAINING, max_grad_norm=0.5))
     assert np.allclose(rw.numpy(), dw, atol=1e-6) and np.allclose(rb.numpy(), db, atol=1e-6)
+
+
+def test_a_gallery_names_the_patients_of_a_small_update_and_dp_hides_them():
+    """An attacker holding the gallery's features names the 4 patients of an undefended update, not the
+    patients of a noise update of its scale, and not those of the update under DP at a small ε."""
+    weight, bias, gallery, labels = _setting(40, seed=5)
+    members = [3, 11, 25, 37]
+    dw, db = hospital_update(weight, bias, gallery[members], labels[members], TRAINING)
+    assert sorted(match_gallery(dw, db, weight.numpy(), bias.numpy(), gallery.numpy(), 4, TRAINING)) == members
+    rng = np.random.default_rng(0)
+    noise = (rng.normal(size=dw.shape) * dw.std(), rng.normal(size=db.shape) * db.std())
+    assert len(set(match_gallery(*noise, weight.numpy(), bias.numpy(), gallery.numpy(), 4, TRAINING)) & set(members)) <= 1
+    dp = plan(OmegaConf.create({"delta": 1e-5, "max_grad_norm": 1.0, "target_epsilon": 1.0, "noise_multiplier": None}),
+              OmegaConf.create({"batch_size": 4, "local_epochs": 3, "rounds": 5}), 4 * 10)
+    clipped = replace(TRAINING, max_grad_norm=1.0)
+    named = [len(set(match_gallery(*hospital_update(weight, bias, gallery[members], labels[members], clipped, dp),
+                                   weight.numpy(), bias.numpy(), gallery.numpy(), 4, clipped)) & set(members))
+             for _ in range(5)]
+    assert sum(named) <= 5  # chance: 4 × 4/40 a draw, 2 in 5 draws
 
 
 def test_matching_recovers_two_images_features_from_their_update():

@@ -36,6 +36,8 @@ def from_run_config(run_config) -> DictConfig:
     sets for itself, such as its data cache, would not stick), and nested references
     grow exponentially."""
     config = json.loads(str(run_config["config"]))
+    if not isinstance(config, dict):  # a string would be read as YAML, whose escapes spell `${` unseen
+        raise ValueError(f"the run config's config: expected a JSON object, got {type(config).__name__}")
     _refuse_interpolation(config, "")
     return OmegaConf.create(config)
 

@@ -55,7 +55,7 @@ def keeps_its_reasons(handler):
         except SecAggError:
             raise
         except Exception:
-            log.exception("%s (round message %s) failed", msg.metadata.message_type, msg.metadata.group_id)
+            log.exception("%r (round message %r) failed", msg.metadata.message_type, msg.metadata.group_id)
             raise HospitalError("the hospital could not answer; the reason stays in its own log") from None
 
     return answered

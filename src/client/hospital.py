@@ -22,18 +22,21 @@ Missing policy keys take the strict side (masking required, thresholds of at lea
 a complete graph, δ at most 1e-5); without max-epsilon the hospital trains not at all.
 Flower's simulation engine gives a virtual node only `partition-id`, so there the
 launcher writes the same settings to `hospitals/<name>.node.json`, the stand-in for
-that hospital's node config.
+that hospital's node config, and names that folder in the environment of the processes
+it starts (`FEDCXR_NODE_CONFIGS`): never through the run config, which the server writes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.app import Context
 
 MAX_DELTA = 1e-5  # the δ a hospital counts its ε at when its node config names none
+NODE_CONFIGS = "FEDCXR_NODE_CONFIGS"  # simulation: the folder of the hospitals' stand-in node configs
 
 
 def manifest(context: Context) -> Path:
@@ -43,14 +46,18 @@ def manifest(context: Context) -> Path:
 
 
 def node_settings(context: Context) -> dict:
-    """This hospital's own settings: its node config, or the simulation's stand-in for it."""
+    """This hospital's own settings: its node config, or the simulation's stand-in for it (in the folder
+    its process environment names; the run config's `run-dir` is the server's word)."""
     if "manifest" in context.node_config:
         return dict(context.node_config)
+    if NODE_CONFIGS not in os.environ:
+        raise ValueError(f"this hospital's node config names no manifest (and {NODE_CONFIGS} names no simulated "
+                         "hospitals' node configs)")
     from src.data.federation import Federation  # pydicom: only simulation's stand-in reads the split
 
-    run_dir = Path(str(context.run_config["run-dir"]))
-    name = Federation.load(run_dir / "split.json").hospitals[int(context.node_config["partition-id"])]
-    return json.loads((run_dir / "hospitals" / f"{name}.node.json").read_text())
+    folder = Path(os.environ[NODE_CONFIGS])
+    name = Federation.load(folder.parent / "split.json").hospitals[int(context.node_config["partition-id"])]
+    return json.loads((folder / f"{name}.node.json").read_text())
 
 
 @dataclass(frozen=True)

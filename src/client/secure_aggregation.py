@@ -138,10 +138,14 @@ def masked_rounds(context: Context) -> Path:
 def _refuse_masked(msg: Message, context: Context, server_round: int, what: str) -> None:
     """Rounds go forward: none at or before the last one this hospital masked an update for, in this run."""
     path = masked_rounds(context)
-    masked = json.loads(path.read_text()).get(str(msg.metadata.run_id)) if path.exists() else None
-    if masked is not None and server_round <= int(masked):
+    record = json.loads(path.read_text()) if path.exists() else {}
+    run = str(msg.metadata.run_id)
+    masked = record.get(run) if isinstance(record, dict) else "?"
+    if not (type(masked) is int or (masked is None and run not in record)):  # unreadable: every round refused
+        raise SecAggError(f"refusing secure-aggregation round {server_round}: this hospital cannot read its record of masked rounds")
+    if masked is not None and server_round <= masked:
         raise SecAggError(f"refusing to {what} secure-aggregation round {server_round} of run {msg.metadata.run_id}: "
-                          f"this hospital already sent a masked update for round {int(masked)}")
+                          f"this hospital already sent a masked update for round {masked}")
 
 
 def _record_masked(context: Context, run_id: int, server_round: int) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pathspec
 import tomli_w
 
+from src.client.hospital import NODE_CONFIGS
 from src.launch.configs import Hospital, node_config_arg
 
 CONNECTION = "fedcxr"
@@ -45,6 +46,8 @@ def commands(app_dir: Path, run_dir: Path, hospitals: list[Hospital], mode: str,
     q = shlex.quote
     superlink = f"flower-superlink --insecure --disable-runtime-dependency-installation --port {port}"
     lines = [f"cd {q(str(app_dir))}", f"export FLWR_HOME={q(str(run_dir / 'flwr_home'))}"]
+    if mode == "simulation":  # the simulated hospitals' node configs (src/client/hospital.py)
+        lines.append(f"export {NODE_CONFIGS}={q(str(run_dir / 'hospitals'))}")
     submit = f"flwr run . {CONNECTION} --run-config {q(str(run_dir / 'run_config.toml'))} --stream"
     if mode == "simulation":
         lines += [f"{superlink} --simulation &",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import tomli_w
 
+from src.client.hospital import NODE_CONFIGS
 from src.launch.certificates import NodeKeyFiles, write_node_keys, write_tls_files
 from src.launch.configs import Hospital, client_app_ref, node_config_arg
 from src.launch.control import control_client, register_node
@@ -65,6 +66,7 @@ def flower_env(fed: Path, bin_dir: Path) -> dict[str, str]:
     env = os.environ.copy()
     env.update({
         "FLWR_HOME": str(fed / "flwr_home"),
+        NODE_CONFIGS: str(fed.parent / "hospitals"),  # simulation's hospitals find their node configs here
         "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",  # Flower spawns by name
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",

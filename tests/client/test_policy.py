@@ -91,3 +91,31 @@ def test_a_hospital_without_its_initial_model_builds_none_and_tells_the_server_n
     assert str(refused.value) == "the hospital could not answer; the reason stays in its own log"
     assert "missing.pt: no such file" in caplog.text  # the reason, in the hospital's own log
     assert not (hospital / "server-chosen").exists()
+
+
+def test_a_run_config_that_is_not_a_json_object_is_refused(hospital):
+    """A JSON string would reach OmegaConf as YAML, whose escapes spell an interpolation without `${` in the text."""
+    from src.client.app import run_config
+
+    context = Context(run_id=1, node_id=7, state=RecordDict(), node_config={
+        "hospital": "hospital_1", "manifest": str(hospital / "hospital_1.json")},
+        run_config={"config": json.dumps('privacy: {name: "\\x24{oc.env:HOME}"}'), "run-dir": str(hospital)})
+    with pytest.raises(ValueError, match="expected a JSON object, got str"):
+        run_config(context)
+
+
+def test_a_node_config_without_a_manifest_never_takes_the_run_configs_folder(hospital, monkeypatch):
+    """Simulation's stand-in node configs are found through the hospital's process environment, not through the
+    run config's run-dir (the server's word: there it could name the policy, identity and records)."""
+    from src.client.hospital import NODE_CONFIGS, node_settings
+
+    monkeypatch.delenv(NODE_CONFIGS, raising=False)
+    context = Context(run_id=1, node_id=7, state=RecordDict(), node_config={"partition-id": 0},
+                      run_config={"config": "{}", "run-dir": str(hospital)})
+    with pytest.raises(ValueError, match="names no manifest"):
+        node_settings(context)
+    (hospital / "split.json").write_text((hospital / "hospital_1.json").read_text())
+    (hospital / "hospitals").mkdir()
+    (hospital / "hospitals" / "hospital_1.node.json").write_text(json.dumps({"hospital": "hospital_1", "manifest": "m"}))
+    monkeypatch.setenv(NODE_CONFIGS, str(hospital / "hospitals"))
+    assert node_settings(context) == {"hospital": "hospital_1", "manifest": "m"}

@@ -216,6 +216,17 @@ def test_a_round_a_hospital_masked_an_update_for_is_never_started_again(consorti
         secure_aggregation.check_ready(older, grid.contexts[TARGET])
 
 
+@pytest.mark.parametrize("record", ['{"1": null}', '{"1": "1"}', '[1]', 'not json'])
+def test_a_record_of_masked_rounds_it_cannot_read_refuses_every_round(consortium_dir, record):
+    grid, s = Hospitals(consortium_dir), strategy(2)
+    run_round(s, grid, 1, start_model())
+    secure_aggregation.masked_rounds(grid.contexts[TARGET]).write_text(record)
+    settings = {"server_round": 2, "threshold": 3, "clip_range": CLIP, "quant_bits": BITS, "vector_length": 4}
+    with pytest.raises((SecAggError, ValueError), match="cannot read its record|Expecting value"):
+        HANDLERS["train.secagg_setup"](Message(RecordDict({"secagg": ConfigRecord(settings)}), dst_node_id=TARGET,
+                                               message_type="train.secagg_setup", group_id="2"), grid.contexts[TARGET])
+
+
 def test_a_session_left_from_another_run_is_refused(consortium_dir):
     """Flower keeps Context.state across the runs of a series: round 2's session, prepared in run 1, is
     not run 2's to drive."""

@@ -346,10 +346,11 @@ def test_flwr_run_runs_a_prepared_run_and_hospitals_refuse_a_plain_round(hospita
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     printed = [line for line in proc.stdout.splitlines() if line.startswith(("cd ", "export ", "flower-", "flwr "))]
     app = run_dir / "app"  # the app's own files, without the checkout's .venv that `flwr run` would walk
-    assert printed[:2] == [f"cd {app}", f"export FLWR_HOME={run_dir / 'flwr_home'}"]
+    assert printed[:3] == [f"cd {app}", f"export FLWR_HOME={run_dir / 'flwr_home'}",
+                           f"export FEDCXR_NODE_CONFIGS={run_dir / 'hospitals'}"]  # the hospitals' own, not the server's
     assert (app / "pyproject.toml").exists() and (app / "src" / "client" / "app.py").exists()
     assert not (app / ".venv").exists()  # the README and CI put the venv in the checkout
-    superlink, submit = printed[2:]
+    superlink, submit = printed[3:]
     assert superlink.endswith("--simulation &") and "--disable-runtime-dependency-installation" in superlink
     assert submit.startswith("flwr run . fedcxr --run-config") and "num-supernodes=3" in submit
     assert not (run_dir / "results.json").exists()
@@ -358,7 +359,8 @@ def test_flwr_run_runs_a_prepared_run_and_hospitals_refuse_a_plain_round(hospita
     home = run_dir / "flwr_home"
     connection = (home / "config.toml").read_text().replace("127.0.0.1:9093", f"127.0.0.1:{port}")
     (home / "config.toml").write_text(connection)
-    env = os.environ | {"FLWR_HOME": str(home), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = os.environ | {"FLWR_HOME": str(home), "FEDCXR_NODE_CONFIGS": str(run_dir / "hospitals"),
+                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with ProcessSupervisor(tmp_path / "logs", env) as processes:  # the SuperLink starts its executor detached
         command = superlink.removesuffix(" &").replace("--port 9093", f"--port {port}")
         processes.start("superlink", shlex.split(command), cwd=app)

@@ -32,7 +32,8 @@ def main() -> None:
     keep = ("images", "psnr", "ssim", "mse", "baseline_psnr", "baseline_ssim", "best_other_psnr", "psnr_gain",
             "ssim_gain", "reidentification", "feature_reidentification", "chance", "gallery", "feature_cosine",
             "label_accuracy", "iterations", "seconds", "outsiders", "null", "gallery_reidentification",
-            "gallery_chance", "null_update", "gallery_draws", "noise_multiplier")
+            "gallery_chance", "gallery_size", "ranked_reidentification", "null_update", "gallery_draws",
+            "noise_multiplier", "without_dp")
     table = {name: {k: r[k] for k in keep if k in r} for name, r in results["scenarios"].items()}
     report = {"machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
               "run_dir": str(args.run_dir), "wall_s": time.perf_counter() - start, "verdict": results["verdict"],

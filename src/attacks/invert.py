@@ -45,8 +45,10 @@ from src.attacks.reconstruct import (
     LocalTraining,
     features_of_one,
     invert_front_end,
+    gallery_gradients,
     match_features,
     match_gallery,
+    rank_gallery,
     recover_labels,
 )
 from src.config import compose_config
@@ -61,12 +63,11 @@ from src.training.privacy import plan
 
 SCENARIOS = ("gradient-1", "update", "update-dp", "secure-aggregate")
 CURVE_IMAGES = (1, 4, 16, 64)
-DRAWS = 10  # the gallery attack on a curve's size again, on other images and fresh DP noise: one draw varies
-# what each control's row reports: the outsiders only the pairing's gains, the null also re-identification;
-# the null update (noise of the update's scale, attacked the same way) what the attack reads into no update at all
+# the gallery attacks again on other images and fresh DP noise (and, always, fresh noise updates): one draw varies
+DRAWS, FULL_DRAWS, AGGREGATE_DRAWS = 30, 10, 5  # the small updates, a hospital's whole update, the aggregate
+# what each control's row reports: the outsiders only the pairing's gains, the null also re-identification
 CONTROLS = {"outsiders": ("psnr_gain", "ssim_gain"),
             "null": ("psnr_gain", "ssim_gain", "reidentification", "feature_reidentification", "feature_cosine")}
-NULL_UPDATE = ("feature_reidentification", "feature_cosine", "gallery_reidentification")
 
 
 class Target:
@@ -91,6 +92,7 @@ class Target:
         self.members = {h: [i for i, s in enumerate(readable) if s.hospital == h and s.split == "train"]
                         for h in split.hospitals}
         self.labels = {h: torch.tensor([readable[i].label for i in idx]) for h, idx in self.members.items()}
+        self.gallery_labels = np.array([s.label for s in readable])
         self.features = {h: self.gallery_features[idx] for h, idx in self.members.items()}
         # no hospital's patients: the public reference set
         _, self.others, reference = self._cached(reference_samples(self.cfg.reference), size, "reference-features")
@@ -182,32 +184,57 @@ def read(target: Target, delta, n: int, training: LocalTraining) -> tuple[list[i
     return labels, features, iterations
 
 
+GALLERY = ("gallery_reidentification", "ranked_reidentification")  # the two ways a gallery names members
+
+
 def by_gallery(target: Target, delta, n: int, training: LocalTraining, site: list[int], members: list[int]) -> dict:
-    """Patients named by an attacker holding the `site`'s gallery (`match_gallery`): the share of the n named
-    who were in the update (`members`), and chance (n patients drawn from the gallery without repeats)."""
-    picked = match_gallery(*delta, target.weight.numpy(), target.bias.numpy(),
-                           target.gallery_features[site].numpy(), n, training)
-    named = {site[i] for i in picked}
-    return {"gallery_reidentification": len(named & set(members)) / len(picked),
-            "gallery_chance": len(set(members)) / len(site)}
+    """Members named by an attacker holding the `site`'s records (images and labels): the n whose gradients best
+    add up to the update (`match_gallery`) and the n whose gradients point most along it (`rank_gallery`); the
+    share of the n named who were in the update (`members`), and chance (n drawn without repeats)."""
+    gradients, direction = gallery_gradients(*delta, target.weight.numpy(), target.bias.numpy(),
+                                             target.gallery_features[site].numpy(), target.gallery_labels[site],
+                                             training)
+    inside = set(members)
+    share = {key: len({site[i] for i in picked} & inside) / len(picked) for key, picked in zip(GALLERY, (
+        match_gallery(gradients, direction, n), rank_gallery(gradients, direction, n, training.lr)))}
+    return share | {"gallery_chance": len(inside) / len(site), "gallery_size": len(site)}
 
 
-def gallery_draws(target: Target, k: int, training: LocalTraining, dp=None, draws: int = DRAWS) -> dict:
-    """The gallery attack on `draws` updates of k of the audited hospital's images (other images each draw, fresh
-    DP noise), and on a noise update of each one's scale: the mean share named and its spread, beside chance."""
-    h = target.hospital
-    site, rng = target.patients[h], np.random.default_rng([k, draws])
-    named, noise = [], []
+def gallery_draws(target: Target, draws: int, sample) -> dict:
+    """The gallery attacks on `draws` updates from `sample(rng)` -> (update, n, training, site, members) and on
+    a noise update of each one's scale, paired draw by draw: per attack the mean share named, the noise
+    updates' mean, and the mean and spread of the per-draw difference."""
+    rng = np.random.default_rng(draws)
+    named = {key: ([], []) for key in GALLERY}
     for _ in range(draws):
-        index = sorted(rng.choice(len(target.members[h]), k, replace=False).tolist())
-        delta = target.update(h, index, training, dp)
-        members = [target.members[h][i] for i in index]
-        named.append(by_gallery(target, delta, k, training, site, members)["gallery_reidentification"])
+        delta, n, training, site, members = sample(rng)
         blank = tuple(rng.normal(size=d.shape) * d.std() for d in delta)
-        noise.append(by_gallery(target, blank, k, training, site, members)["gallery_reidentification"])
-    return {"draws": draws, "mean": float(np.mean(named)), "sd": float(np.std(named)),
-            "noise_mean": float(np.mean(noise)), "noise_sd": float(np.std(noise)),
-            "chance": k / len(site)}
+        real, noise = (by_gallery(target, d, n, training, site, members) for d in (delta, blank))
+        for key, (reals, noises) in named.items():
+            reals.append(real[key])
+            noises.append(noise[key])
+    return {"draws": draws, "chance": real["gallery_chance"]} | {key: {
+        "mean": float(np.mean(reals)), "noise_mean": float(np.mean(noises)),
+        "difference": float(np.mean(np.subtract(reals, noises))),
+        "difference_sd": float(np.std(np.subtract(reals, noises), ddof=1))} for key, (reals, noises) in named.items()}
+
+
+def subsets(target: Target, k: int, training: LocalTraining, dp=None):
+    """Draws of updates of k of the audited hospital's training images, other images each draw."""
+    h = target.hospital
+
+    def sample(rng):
+        index = sorted(rng.choice(len(target.members[h]), k, replace=False).tolist())
+        return (target.update(h, index, training, dp), k, training, target.patients[h],
+                [target.members[h][i] for i in index])
+    return sample
+
+
+def aggregates(target: Target, training: LocalTraining, dp=None):
+    """Draws of the aggregate over every hospital (fresh DP noise each draw), named among everyone's patients."""
+    everyone = [i for hospital in target.hospitals for i in target.members[hospital]]
+    return lambda rng: (aggregate(target, training, dp), len(everyone), training, list(range(len(target.gallery))),
+                        everyone)
 
 
 def null_update(target: Target, delta, n: int, training: LocalTraining, truth: list[int], site: list[int],
@@ -224,38 +251,39 @@ def null_update(target: Target, delta, n: int, training: LocalTraining, truth: l
     position = {patient: i for i, patient in enumerate(site)}
     cosine = (features[rows] * truth_features[cols]).sum(1) / (
         np.linalg.norm(features[rows], axis=1) * np.linalg.norm(truth_features[cols], axis=1) + 1e-12)
+    gallery = by_gallery(target, noise, n, training, site, members)
     return {"feature_reidentification": feature_reidentification(target, features[chosen], site,
                                                                  [position[m] for m in members]),
-            "feature_cosine": float(cosine.mean()),
-            "gallery_reidentification": by_gallery(target, noise, n, training, site, members)["gallery_reidentification"]}
+            "feature_cosine": float(cosine.mean()), **{key: gallery[key] for key in GALLERY}}
 
 
 def scored(target: Target, features: np.ndarray, truth: list[int], site: list[int], members: list[int],
-           pixels: int, refine: int) -> dict:
+           pixels: int, refine: int, baseline: list[int] | None = None) -> dict:
     """The reconstructions `features` scored against the true images (gallery positions `truth`), among the
     `site`'s patients of whom `members` were in the update; beside two controls that share the pairing's
     look at the truth — the same reconstructions paired with as many `outsiders` (patients of the site who
     were not in the update: what the pairing alone gains with these reconstructions) and information-free
     reconstructions (other patients' features: the null, also for re-identification's base rate). A
-    control measures only what its row reports (`CONTROLS`)."""
-    result = score(target, features, truth, site, members, pixels, refine)
+    control measures only what its row reports (`CONTROLS`). `baseline`: the patients outsiders are drawn from
+    and whose mean image the gains are over (default: the site's patients not in the update)."""
+    baseline = sorted(set(site) - set(members)) if baseline is None else baseline
+    result = score(target, features, truth, site, members, pixels, refine, baseline)
     # the controls' draws are seeded by the images scored: reproducible, and each of several one-image
     # attacks gets outsiders and null images of its own rather than the same ones every time
     rng = np.random.default_rng([int(t) for t in truth])
-    outside = sorted(set(site) - set(members))
-    if outside:
-        pick = rng.choice(len(outside), min(len(truth), len(outside)), replace=False)
-        outsiders = score(target, features, [outside[i] for i in sorted(pick)], site, members, pixels, refine,
-                          control=True, reidentify=False)
+    if baseline:
+        pick = rng.choice(len(baseline), min(len(truth), len(baseline)), replace=False)
+        outsiders = score(target, features, [baseline[i] for i in sorted(pick)], site, members, pixels, refine,
+                          baseline, control=True, reidentify=False)
         result["outsiders"] = {k: outsiders[k] for k in CONTROLS["outsiders"]}
     null = score(target, target.null_features(len(features), rng), truth, site, members, pixels, refine,
-                 control=True)
+                 baseline, control=True)
     result["null"] = {k: null[k] for k in CONTROLS["null"]}
     return result
 
 
 def score(target: Target, features: np.ndarray, truth: list[int], site: list[int], members: list[int],
-          pixels: int, refine: int, control: bool = False, reidentify: bool = True) -> dict:
+          pixels: int, refine: int, baseline: list[int], control: bool = False, reidentify: bool = True) -> dict:
     """Pair reconstructions and true images one-to-one by their features (scoring only: it sees the truth),
     take the pairs of the first `pixels` true images to pixels, measure them; a `control` skips the
     true images' comparison with every other patient, and `reidentify=False` the naming of patients."""
@@ -267,9 +295,8 @@ def score(target: Target, features: np.ndarray, truth: list[int], site: list[int
     images = to_pixels(target, features[chosen], refine)
     position = {patient: i for i, patient in enumerate(site)}
     in_site = [position[m] for m in members]
-    outside = sorted(set(site) - set(members))  # the baseline image: the mean of the site's patients not in the update
     result = leakage(images, target.gallery[true], target.gallery[site] if reidentify else None, in_site,
-                     target.others, best_other=not control, mean_of=target.gallery[outside] if outside else None)
+                     target.others, best_other=not control, mean_of=target.gallery[baseline] if baseline else None)
     cosine = (features[rows] * truth_features[cols]).sum(1) / (
         np.linalg.norm(features[rows], axis=1) * np.linalg.norm(truth_features[cols], axis=1) + 1e-12)
     result.update({"images": len(truth), "measured_in_pixels": len(chosen), "feature_cosine": float(cosine.mean())})
@@ -308,11 +335,14 @@ def run_scenarios(target: Target, names: list[str], pixels: int = 64, refine: in
     if "update" in names:
         out["update"] = attack(target, target.update(h, everyone, target.training), everyone, target.training,
                                pixels=pixels, refine=refine)
+        out["update"]["gallery_draws"] = gallery_draws(target, FULL_DRAWS, subsets(target, len(everyone),
+                                                                                   target.training))
         for k in CURVE_IMAGES:
             if k <= len(everyone):
                 out[f"update/{k}-images"] = attack(target, target.update(h, everyone[:k], target.training),
                                                    everyone[:k], target.training, pixels=pixels, refine=refine)
-                out[f"update/{k}-images"]["gallery_draws"] = gallery_draws(target, k, target.training)
+                out[f"update/{k}-images"]["gallery_draws"] = gallery_draws(target, DRAWS, subsets(
+                    target, k, target.training))
         k = min(4, len(everyone))
         step = replace(target.training, steps=1)
         out[f"update/{k}-images-1-step"] = attack(target, target.update(h, everyone[:k], step), everyone[:k], step,
@@ -328,6 +358,7 @@ def run_scenarios(target: Target, names: list[str], pixels: int = 64, refine: in
             out[name] = attack(target, target.update(h, everyone, clipped, dp), everyone, clipped, pixels=pixels,
                                refine=refine)
             out[name]["noise_multiplier"] = dp.noise_multiplier
+            out[name]["gallery_draws"] = gallery_draws(target, FULL_DRAWS, subsets(target, len(everyone), clipped, dp))
         dp = _dp(target, None)  # the leakage curve again, under DP at the run's σ
         clipped = replace(target.training, max_grad_norm=dp.max_grad_norm)
         out["update-dp/1-image"] = attack(target, target.update(h, [0], clipped, dp), [0], clipped, pixels=1,
@@ -336,39 +367,47 @@ def run_scenarios(target: Target, names: list[str], pixels: int = 64, refine: in
             if k <= len(everyone):
                 out[f"update-dp/{k}-images"] = attack(target, target.update(h, everyone[:k], clipped, dp),
                                                       everyone[:k], clipped, pixels=pixels, refine=refine)
-                out[f"update-dp/{k}-images"]["gallery_draws"] = gallery_draws(target, k, clipped, dp)
+                out[f"update-dp/{k}-images"]["gallery_draws"] = gallery_draws(target, DRAWS, subsets(target, k, clipped, dp))
         k, dp = min(CURVE_IMAGES[-1], len(everyone)), _dp(target, 1.0)  # the largest small update, at ε = 1
         clipped = replace(target.training, max_grad_norm=dp.max_grad_norm)
         out[f"update-dp/eps-1/{k}-images"] = attack(target, target.update(h, everyone[:k], clipped, dp), everyone[:k],
                                                     clipped, pixels=pixels, refine=refine)
-        out[f"update-dp/eps-1/{k}-images"]["gallery_draws"] = gallery_draws(target, k, clipped, dp)
+        out[f"update-dp/eps-1/{k}-images"]["gallery_draws"] = gallery_draws(target, DRAWS, subsets(target, k, clipped,
+                                                                                                   dp))
     if "secure-aggregate" in names:
         dp = _dp(target, None) if target.cfg.privacy.get("name") == "dp" else None
         clipped = replace(target.training, max_grad_norm=dp.max_grad_norm if dp else None)
-        total, weights = None, 0
-        for hospital in target.hospitals:
-            idx = list(range(len(target.labels[hospital])))
-            dw, db = target.update(hospital, idx, clipped, dp)
-            n = len(idx)
-            total = (n * dw, n * db) if total is None else (total[0] + n * dw, total[1] + n * db)
-            weights += n
         # the server's view: the mean update over all hospitals; the attack treats it as one batch of
         # everyone's images, and is scored on the audited hospital's images among them
-        mean = (total[0] / weights, total[1] / weights)
-        out["secure-aggregate"] = attack_aggregate(target, mean, clipped, pixels, refine)
+        out["secure-aggregate"] = attack_aggregate(target, aggregate(target, clipped, dp), clipped, pixels, refine)
         out["secure-aggregate"]["hospitals"] = len(target.hospitals)
+        out["secure-aggregate"]["gallery_draws"] = gallery_draws(target, AGGREGATE_DRAWS, aggregates(target, clipped, dp))
+        if dp is not None:  # what DP adds at this size: the gallery attacks on the same aggregate without it
+            out["secure-aggregate"]["without_dp"] = gallery_draws(target, AGGREGATE_DRAWS, aggregates(
+                target, target.training))
     return out
+
+
+def aggregate(target: Target, training: LocalTraining, dp) -> tuple[np.ndarray, np.ndarray]:
+    """The mean update over every hospital's training images, each hospital's weighted by its images."""
+    total, weights = None, 0
+    for hospital in target.hospitals:
+        n = len(target.labels[hospital])
+        dw, db = target.update(hospital, list(range(n)), training, dp)
+        total = (n * dw, n * db) if total is None else (total[0] + n * dw, total[1] + n * db)
+        weights += n
+    return total[0] / weights, total[1] / weights
 
 
 def merge(trials: list[dict]) -> dict:
     """Several single-image attacks as one scenario: per-image values side by side, means over them."""
     merged = {"images": 1, "attacks": len(trials), "gallery": trials[0]["gallery"], "chance": trials[0]["chance"],
-              "gallery_chance": trials[0]["gallery_chance"],
+              "gallery_chance": trials[0]["gallery_chance"], "gallery_size": trials[0]["gallery_size"],
               "iterations": trials[0]["iterations"], "seconds": sum(t["seconds"] for t in trials),
               "per_image": {k: [v for t in trials for v in t["per_image"][k]] for k in trials[0]["per_image"]}}
     for key in ("psnr", "ssim", "mse", "best_match_ssim", "baseline_psnr", "baseline_ssim", "best_other_psnr",
                 "best_other_ssim", "psnr_gain", "ssim_gain", "reidentification", "feature_reidentification",
-                "feature_cosine", "label_accuracy", "gallery_reidentification"):
+                "feature_cosine", "label_accuracy", "gallery_reidentification", "ranked_reidentification"):
         merged[key] = float(np.mean([t[key] for t in trials]))
     for control in (*CONTROLS, "null_update"):
         merged[control] = {k: float(np.mean([t[control][k] for t in trials])) for k in trials[0][control]}
@@ -385,7 +424,8 @@ def attack_aggregate(target: Target, delta, training: LocalTraining, pixels: int
     features, iterations = match_features(*delta, target.weight.numpy(), target.bias.numpy(), labels, training)
     everyone = [i for hospital in target.hospitals for i in target.members[hospital]]
     patients, audited = list(range(len(target.gallery))), target.members[target.hospital]
-    result = scored(target, features, audited, patients, everyone, pixels, refine)
+    own = sorted(set(target.patients[target.hospital]) - set(audited))  # the audited site's, as in its own rows
+    result = scored(target, features, audited, patients, everyone, pixels, refine, own)
     true_labels = [int(v) for hh in target.hospitals for v in target.labels[hh]]
     result.update({"images": n_all, "label_accuracy": label_accuracy(labels, true_labels),
                    "iterations": {"features": iterations, "pixels": refine}})
@@ -430,13 +470,13 @@ def markdown(results: dict) -> str:
              "whose most similar patient (of the hospital that sent the update, every split; of every hospital "
              "for the aggregate) is one whose image was in the update, each patient counted once — no pairing; in "
              "pixels (SSIM) and by the recovered features (the front end is public); chance is naming patients at "
-             "random. Gallery: an attacker holding every such patient's image names the patients whose gradients "
-             "best add up to the update. Noise update: the same attack on noise of the update's scale; a row no "
+             "random. Gallery: an attacker holding every such patient's record (image and label) names the n whose "
+             "gradients best add up to the update (fit) or point most along it (inner product). Noise update: the same attack on noise of the update's scale; a row no "
              "better than its noise update shows nothing. A leak is a gain over the controls and chance, not a raw "
              "PSNR; \"no usable information\" is a claim about this attack at these settings.", "",
              "| scenario | images | PSNR (dB) | gain (outsiders; null) | best other patient | SSIM "
              "| gain (outsiders; null) | re-identified: pixels (null) | features (null; noise update) | chance "
-             "| gallery (noise update; chance) | feature cos (noise update) | labels | s |",
+             "| gallery: fit / inner product (noise update; chance) | feature cos (noise update) | labels | s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     nan = float("nan")
     for name, r in results["scenarios"].items():
@@ -448,7 +488,8 @@ def markdown(results: dict) -> str:
                      f"{r['reidentification']:.2f} ({null.get('reidentification', nan):.2f}) | "
                      f"{r.get('feature_reidentification', nan):.2f} ({null.get('feature_reidentification', nan):.2f}; "
                      f"{noise.get('feature_reidentification', nan):.2f}) | {r['chance']:.3f} | "
-                     f"{r.get('gallery_reidentification', nan):.2f} ({noise.get('gallery_reidentification', nan):.2f}; "
+                     f"{r.get('gallery_reidentification', nan):.2f} / {r.get('ranked_reidentification', nan):.2f} "
+                     f"({noise.get('gallery_reidentification', nan):.2f} / {noise.get('ranked_reidentification', nan):.2f}; "
                      f"{r.get('gallery_chance', nan):.2f}) | {r.get('feature_cosine', nan):.3f} "
                      f"({noise.get('feature_cosine', nan):.3f}) | {r['label_accuracy']:.2f} | {r['seconds']:.0f} |")
     lines += ["", results["verdict"], ""]
@@ -460,7 +501,7 @@ def verdict(scenarios: dict, defences: str = "secure aggregation, DP") -> str:
 
     A row counts as read only if the attack does better on it than on a noise update of the same
     scale (`null_update`) and than chance: below those, its numbers are what the attack makes of
-    anything. The defences are credited only where the undefended update of the same size is read."""
+    anything."""
     nan = float("nan")
     text = []
     gate = scenarios.get("gradient-1")
@@ -476,57 +517,76 @@ def verdict(scenarios: dict, defences: str = "secure aggregation, DP") -> str:
     curve = [(k, plain, dp) for k, plain, dp in curve if plain is not None]
     if curve:
         text.append(f"Updates of {' / '.join(str(k) for k, _, _ in curve)} images ({curve[0][1]['draws']} draws each), "
-                    "the share of their patients a gallery names, without DP: "
-                    + " / ".join(drawn(d) for _, d, _ in curve) + ".")
+                    "the share of their members a gallery of records names (joint fit / inner product; noise "
+                    "updates; chance), without DP: " + " | ".join(drawn(d) for _, d, _ in curve) + ".")
         dp = [(k, d) for k, _, d in curve if d is not None]
         if dp:
-            text.append("Under DP at the run's σ: " + " / ".join(drawn(d) for _, d in dp) + ".")
+            text.append("Under DP at the run's σ: " + " | ".join(drawn(d) for _, d in dp) + ".")
         for name, r in scenarios.items():
             if name.startswith("update-dp/eps-1/") and "gallery_draws" in r:
                 text.append(f"At ε = 1, {r['images']} images: {drawn(r['gallery_draws'])}.")
     secure, plain = scenarios.get("secure-aggregate"), scenarios.get("update")
+    if plain is not None:
+        text.append(f"One hospital's undefended update of all its {plain['images']} images"
+                    + (f" ({drawn(plain['gallery_draws'])})" if "gallery_draws" in plain else "") + ": "
+                    + ("READ — without secure aggregation or DP the server learns who was in it." if reads(plain)
+                       else "not read."))
     if secure is not None:
         null = secure.get("null_update", {})
+        draws = secure.get("gallery_draws")
         text.append(f"The server's view under the run's defences ({defences}), the aggregate of {secure['images']} "
-                    f"images: a gallery names {secure.get('gallery_reidentification', nan):.2f} (noise update "
-                    f"{null.get('gallery_reidentification', nan):.2f}, chance {secure.get('gallery_chance', nan):.2f}), "
-                    f"features {secure.get('feature_reidentification', nan):.2f} (noise update "
+                    "images: a gallery names " + (drawn(draws) if draws else "–") + "; features "
+                    f"{secure.get('feature_reidentification', nan):.2f} (noise update "
                     f"{null.get('feature_reidentification', nan):.2f}, chance {secure['chance']:.2f}), SSIM gain "
                     f"{secure['ssim_gain'] - secure.get('outsiders', {}).get('ssim_gain', 0.0):+.3f} over outsiders: "
-                    + ("ABOVE the baselines — the attack reads these defences' output." if reads(secure) else
-                       "no better than a noise update — no usable information for this attack."))
-        if not reads(secure) and plain is not None and not reads(plain):
-            text.append(f"The undefended update of all {plain['images']} of a hospital's images is not read either: at "
-                        "this size averaging alone hides the images from this attack, so the aggregate's row does not "
-                        "measure what the defences add; the small updates above do.")
+                    + ("ABOVE the baselines — these attacks read the defences' output." if reads(secure) else
+                       "no better than noise updates — no usable information for these attacks."))
+        bare = secure.get("without_dp")
+        if bare is not None:
+            both = drawn_read(bare) and draws is not None and drawn_read(draws)
+            text.append(f"The same aggregate without DP: {drawn(bare)} — " + (
+                "read with and without DP alike: what these attacks find at this size DP does not change (the "
+                "gradients are taken at the final model, which was trained on these members: part of what they "
+                "find may be the model's own fit, which DP bounds over the whole run)" if both else
+                "DP is what hides the members at this size" if drawn_read(bare) else
+                "not read either: at this size these attacks cannot show what DP adds to the sum") + ".")
     return " ".join(text)
 
 
+Z = 2.5  # standard errors a re-identification must clear: a row is read if any of its several measures does
+
+
+def drawn_read(d: dict) -> bool:
+    """Whether a gallery attack beats its noise updates, paired draw by draw, by Z standard errors."""
+    return any(d[key]["difference"] > Z * d[key]["difference_sd"] / np.sqrt(d["draws"]) for key in GALLERY)
+
+
 def drawn(d: dict) -> str:
-    """A curve point's gallery attack over its draws: the mean named (noise update; chance), read or not."""
-    base = max(d["noise_mean"], d["chance"])
-    read = d["mean"] > base + 2 * np.hypot(d["sd"], d["noise_sd"]) / np.sqrt(d["draws"])
-    return f"{d['mean']:.2f} ± {d['sd']:.2f} ({d['noise_mean']:.2f}; {d['chance']:.2f}: {'READ' if read else 'not read'})"
+    """The gallery attacks over their draws: the mean named by each (the noise updates'; chance), read or not."""
+    return (f"{d[GALLERY[0]]['mean']:.2f} / {d[GALLERY[1]]['mean']:.2f} ({d[GALLERY[0]]['noise_mean']:.2f} / "
+            f"{d[GALLERY[1]]['noise_mean']:.2f}; {d['chance']:.2f}, {d['draws']} draws): "
+            + ("READ" if drawn_read(d) else "not read"))
 
 
 def reads(r: dict) -> bool:
-    """Whether the attack reads anything from this row's update: a re-identification (by a gallery, by the
-    recovered features, in pixels) above both chance and its control (the same attack on a noise update; in
-    pixels, information-free reconstructions) by two standard errors, or an SSIM gain over the outsiders
-    above 0.02 and two standard errors (a few images' SSIM varies by more)."""
-    null = r.get("null_update", {})
+    """Whether the attacks read anything from this row's update: the gallery attacks over their draws
+    (`drawn_read`; one draw each where a row has none), or a re-identification by the recovered features or in
+    pixels above both chance and its control (a noise update; information-free reconstructions) by Z standard
+    errors, or an SSIM gain over the outsiders above 0.02 and Z standard errors."""
+    null, chance = r.get("null_update", {}), r.get("chance", 0.0)
+    if "gallery_draws" in r and drawn_read(r["gallery_draws"]):
+        return True
     picks, named = r.get("images", 1) * r.get("attacks", 1), r.get("measured_in_pixels", r.get("attacks", 1))
-    above = [(r.get("gallery_reidentification"), max(r.get("gallery_chance", 0.0),
-                                                    null.get("gallery_reidentification", 0.0)), picks),
-             (r.get("feature_reidentification"), max(r["chance"], null.get("feature_reidentification", 0.0)), named),
-             (r.get("reidentification"), max(r["chance"], r.get("null", {}).get("reidentification", 0.0)), named)]
-    for rate, base, trials in above:
-        if rate is not None and rate > base + 2 * (max(base, 1 / trials) * (1 - base) / trials) ** 0.5:
+    tests = [] if "gallery_draws" in r else [
+        (r.get(key), max(r.get("gallery_chance", 0.0), null.get(key, 0.0)), picks) for key in GALLERY]
+    tests += [(r.get("feature_reidentification"), max(chance, null.get("feature_reidentification", 0.0)), named),
+              (r.get("reidentification"), max(chance, r.get("null", {}).get("reidentification", 0.0)), named)]
+    for rate, base, trials in tests:
+        if rate is not None and rate > base + Z * (max(base, 1 / trials) * (1 - base) / trials) ** 0.5:
             return True
-    # two standard errors of a difference of two means over these images (at least 0.02)
     per_image = r.get("per_image", {}).get("ssim", [])
-    noise = 2 * np.sqrt(2) * np.std(per_image) / np.sqrt(len(per_image)) if len(per_image) > 1 else 0.0
-    return r["ssim_gain"] - r.get("outsiders", {}).get("ssim_gain", 0.0) > max(0.02, noise)
+    noise = Z * np.sqrt(2) * np.std(per_image) / np.sqrt(len(per_image)) if len(per_image) > 1 else 0.0
+    return "ssim_gain" in r and r["ssim_gain"] - r.get("outsiders", {}).get("ssim_gain", 0.0) > max(0.02, noise)
 
 
 def audit(run_dir: Path, scenarios: list[str], hospital: str | None = None, device: str = "auto",

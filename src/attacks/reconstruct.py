@@ -12,9 +12,10 @@
    steps, full batch, per-sample clipping under DP) gives an update of maximal cosine
    similarity with the observed one; a Gaussian prior keeps them where whitened features
    live (the front end whitens on the public reference set).
-   An attacker that holds a gallery of the hospital's patients (any images of them: the
-   front end is public) can skip the features and name patients directly: the patients
-   whose gradients at the global model best add up to the update (`match_gallery`).
+   An attacker that holds a gallery of candidate records (any images of the patients, the
+   front end being public, and their labels) can skip the features and name members
+   directly: by each record's gradient's inner product with the update (`rank_gallery`),
+   or by the records whose gradients best add up to it (`match_gallery`).
 2. **Features -> pixels.** A learnt prior from public data, as attackers with public images
    use: kernel ridge regression from front-end features to pixels, fitted on the public
    reference set (64 whitened scattering components hold much of an aligned radiograph's
@@ -122,60 +123,69 @@ def match_features(delta_weight: np.ndarray, delta_bias: np.ndarray, weight: np.
     return dummy.detach().numpy(), done
 
 
-def match_gallery(delta_weight: np.ndarray, delta_bias: np.ndarray, weight: np.ndarray, bias: np.ndarray,
-                  gallery: np.ndarray, n: int, training: LocalTraining) -> list[int]:
-    """The attacker that holds a gallery of candidate patients (any images of them give their features: the
-    front end is public): greedily, n distinct patients, each with the label that fits best, whose summed
-    gradients best match the observed update (cosine). A candidate's gradient is taken where the head was at
-    each local step, read off the update itself (the head moved along it: after step t by the share of the
+def gallery_gradients(delta_weight: np.ndarray, delta_bias: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                      gallery: np.ndarray, labels: np.ndarray, training: LocalTraining) -> tuple[np.ndarray, np.ndarray]:
+    """What an attacker holding a gallery of candidate records (features: the front end is public; labels: a
+    membership attacker knows the record) compares with an update: each record's gradient, taken where the head
+    was at each local step, read off the update itself (the head moved along it: after step t by the share of the
     update that steps 1..t make under a constant gradient), weighted as momentum carries each step into the
-    update, and clipped per sample as the hospital clips. Returns the gallery positions picked, in order."""
-    classes, dims = weight.shape[0], gallery.shape[1] + 1
+    update and clipped per sample as the hospital clips; and the update as a descent direction, in the same
+    layout (class, input + 1). Returns (gradients (records, classes × (inputs + 1)), target)."""
+    classes = weight.shape[0]
     inputs = np.hstack([gallery, np.ones((len(gallery), 1))])
+    onehot = np.eye(classes)[np.asarray(labels)]
     share, carried = _path(training)
-    gradients = np.zeros((len(gallery) * classes, classes * dims))
+    gradients = np.zeros((len(gallery), classes * inputs.shape[1]))
     for moved, weight_of_step in zip(share, carried):
         logits = gallery @ (weight + moved * delta_weight).T + (bias + moved * delta_bias)
         prediction = np.exp(logits - logits.max(1, keepdims=True))
         prediction /= prediction.sum(1, keepdims=True)
-        residual = prediction[:, None, :] - np.eye(classes)[None]  # (patient, label, output class)
-        step = (residual[..., None] * inputs[:, None, None, :]).reshape(len(gallery) * classes, classes * dims)
+        step = ((prediction - onehot)[:, :, None] * inputs[:, None, :]).reshape(len(gallery), -1)
         if training.max_grad_norm is not None:
             step *= np.minimum(1.0, training.max_grad_norm / (np.linalg.norm(step, axis=1, keepdims=True) + 1e-12))
         gradients += weight_of_step * step
-    target = -np.hstack([delta_weight, delta_bias[:, None]]).reshape(-1)  # the update's layout: (class, input + 1)
-    along, squares = gradients @ target, (gradients ** 2).sum(1)
+    return gradients, -np.hstack([delta_weight, delta_bias[:, None]]).reshape(-1)
+
+
+def rank_gallery(gradients: np.ndarray, target: np.ndarray, n: int, lr: float) -> list[int]:
+    """The n records each most likely to be in the update on its own: the likelihood ratio of "the update is
+    lr/n times this record's gradient plus Gaussian rest" against "the rest alone", ⟨g, update⟩ − lr/(2n)·‖g‖².
+    Returns their positions."""
+    score = gradients @ target - lr / (2 * n) * (gradients ** 2).sum(1)
+    return np.argsort(-score, kind="stable")[:n].tolist()
+
+
+def match_gallery(gradients: np.ndarray, target: np.ndarray, n: int) -> list[int]:
+    """The n distinct records whose gradients, summed, best match the update (cosine): greedily, then swaps while
+    one improves the match. Returns their positions, in order."""
+    along, squares, scale = gradients @ target, (gradients ** 2).sum(1), np.linalg.norm(target) + 1e-300
     free = np.ones(len(gradients), dtype=bool)
 
     def best_with(total: np.ndarray) -> tuple[int, float]:
-        """The free candidate whose gradient added to `total` matches the update best, and that cosine."""
+        """The free record whose gradient added to `total` matches the update best, and that cosine."""
         norm = np.sqrt(np.maximum(total @ total + 2 * gradients @ total + squares, 1e-300))
-        score = np.where(free, (total @ target + along) / norm, -np.inf)
+        score = np.where(free, (total @ target + along) / (norm * scale), -np.inf)
         best = int(np.argmax(score))
         return best, float(score[best])
 
-    def take(candidate: int, taken: bool) -> None:
-        patient = candidate // classes
-        free[patient * classes:(patient + 1) * classes] = not taken
-
-    total, picked = np.zeros(classes * dims), []
-    for _ in range(min(n, len(gallery))):  # greedily, then swaps while one improves the match
+    total, picked = np.zeros(gradients.shape[1]), []
+    for _ in range(min(n, len(gradients))):
         best, _ = best_with(total)
         total += gradients[best]
-        take(best, True)
+        free[best] = False
         picked.append(best)
     for _ in range(10):
         improved = False
         for i, current in enumerate(picked):
             rest = total - gradients[current]
-            take(current, False)
+            free[current] = True
             best, score = best_with(rest)
             if best != current and score > _cosine(total, target) + 1e-12:
                 picked[i], total, improved = best, rest + gradients[best], True
-            take(picked[i], True)
+            free[picked[i]] = False
         if not improved:
             break
-    return [candidate // classes for candidate in picked]
+    return picked
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -89,16 +89,17 @@ def test_the_report_section_is_added_once_and_replaced(tmp_path):
     assert text.count("## Inversion audit") == 1 and text.startswith("# Run") and "| gradient-1 | 1 | 24.0 |" in text
 
 
-QUIET = "no better than a noise update"
+QUIET = "no better than noise updates"
 LOUD = "ABOVE the baselines"
 
 
 def aggregate(**changes) -> dict:
     """A secure-aggregate row at chance and at its controls, with `changes`."""
     row = {"images": 584, "ssim_gain": 0.0, "chance": 0.5, "measured_in_pixels": 64, "reidentification": 0.5,
-           "feature_reidentification": 0.5, "gallery_reidentification": 0.65, "gallery_chance": 0.65,
-           "null": {"reidentification": 0.5, "ssim_gain": 0.0},
-           "null_update": {"feature_reidentification": 0.5, "gallery_reidentification": 0.65}}
+           "feature_reidentification": 0.5, "gallery_reidentification": 0.65, "ranked_reidentification": 0.65,
+           "gallery_chance": 0.65, "gallery_size": 900, "null": {"reidentification": 0.5, "ssim_gain": 0.0},
+           "null_update": {"feature_reidentification": 0.5, "gallery_reidentification": 0.65,
+                           "ranked_reidentification": 0.65}}
     return {**row, **changes}
 
 
@@ -108,8 +109,8 @@ def test_the_verdict_on_the_defaults_compares_with_chance_and_a_noise_update():
     assert LOUD in verdict({"secure-aggregate": aggregate(ssim_gain=0.05)})
     assert LOUD in verdict({"secure-aggregate": aggregate(gallery_reidentification=0.8)})
     # above chance, but the attack names as many patients from noise: nothing read
-    assert QUIET in verdict({"secure-aggregate": aggregate(
-        gallery_reidentification=0.8, null_update={"feature_reidentification": 0.5, "gallery_reidentification": 0.8})})
+    assert QUIET in verdict({"secure-aggregate": aggregate(gallery_reidentification=0.8, null_update={
+        "feature_reidentification": 0.5, "gallery_reidentification": 0.8, "ranked_reidentification": 0.65})})
     assert "under the run's defences (secure aggregation, no DP)" in verdict(
         {"secure-aggregate": aggregate()}, "secure aggregation, no DP")
 
@@ -123,16 +124,17 @@ def test_the_ssim_gain_counts_over_what_the_pairing_gains_with_outsiders():
     assert LOUD in verdict({"secure-aggregate": aggregate(ssim_gain=0.15, outsiders={"ssim_gain": 0.05})})
 
 
-def test_the_defences_are_credited_only_where_the_undefended_update_of_that_size_is_read():
+def test_small_updates_are_read_only_where_their_draws_beat_the_noise_updates():
     unread = {**aggregate(), "images": 195}
-    text = verdict({"secure-aggregate": aggregate(), "update": unread})
-    assert "averaging alone hides the images from this attack" in text
-    read = {**unread, "gallery_reidentification": 0.95}
-    assert "averaging alone" not in verdict({"secure-aggregate": aggregate(), "update": read})
-    plain = {"draws": 10, "mean": 0.9, "sd": 0.1, "noise_mean": 0.05, "noise_sd": 0.05, "chance": 0.02}
-    hidden = {**plain, "mean": 0.06}  # within its noise update's spread
-    text = verdict({"update/4-images": {"gallery_draws": plain}, "update-dp/4-images": {"gallery_draws": hidden}})
-    assert "without DP: 0.90 ± 0.10 (0.05; 0.02: READ)" in text and "run's σ: 0.06 ± 0.10 (0.05; 0.02: not read)" in text
+    assert "all its 195 images: not read" in verdict({"update": unread})
+    assert "all its 195 images: READ" in verdict({"update": {**unread, "ranked_reidentification": 0.95}})
+    def draws(mean: float) -> dict:
+        attack = {"mean": mean, "noise_mean": 0.05, "difference": mean - 0.05, "difference_sd": 0.1}
+        return {"draws": 30, "chance": 0.02, "gallery_reidentification": attack, "ranked_reidentification": attack}
+
+    text = verdict({"update/4-images": {"gallery_draws": draws(0.9)}, "update-dp/4-images": {"gallery_draws": draws(0.08)}})
+    assert "without DP: 0.90 / 0.90 (0.05 / 0.05; 0.02, 30 draws): READ" in text  # 0.85 over the noise updates
+    assert "run's σ: 0.08 / 0.08 (0.05 / 0.05; 0.02, 30 draws): not read" in text  # 0.03 < 2.5 × 0.1 / √30
 
 
 def test_a_run_without_dp_is_audited_at_the_default_dp_settings():

@@ -14,9 +14,10 @@ Scenarios (`src/attacks/reconstruct.py` for the attack, `measures.py` for the sc
                  leakage curve's updates of 1, 4, 16, 64 images at the run's σ (64 also at ε = 1);
 - `secure-aggregate`  what the server sees under the default: the sum over the round's hospitals, under DP.
 
-Every update is also attacked by an attacker holding a gallery of the site's patients
-(`match_gallery`), and every attack is run again on noise of the update's scale (the null
-update): a row that does no better than its null update shows nothing. Only full-batch SGD
+Every update is also attacked by an attacker holding a gallery of the site's records
+(`match_gallery`, `rank_gallery`: membership), on repeated draws where one draw varies,
+and every attack is run again on noise of the update's scale (the null update): a row
+that does no better than its null updates shows nothing. Only full-batch SGD
 runs (the default model's training) are audited: the replay would attack another update.
 
 Writes `attack.json`, one montage per scenario (`attack_<name>.png`: true | reconstruction |

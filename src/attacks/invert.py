@@ -100,10 +100,11 @@ class Target:
         self.mean_prediction = torch.softmax(reference @ self.weight.T + self.bias, 1).mean(0).numpy()
         # the attacker's prior: public images only (the generator under a seed of its own, as an attacker
         # would gather an open chest X-ray set), a larger set than the reference statistics need
-        _, prior, self.prior_features = self._cached(reference_samples(OmegaConf.create({
+        public, prior, self.prior_features = self._cached(reference_samples(OmegaConf.create({
             "root": f"{self.cfg.reference.root}_attack_prior_{prior_images}", "images": prior_images,
             "seed": int(self.cfg.reference.seed) + 1})), size, "reference-features")
         self.decoder = Decoder(self.prior_features, prior)
+        self.prior_labels = torch.tensor([sample.label for sample in public])
         fed = self.cfg.federation
         if (str(fed.optimizer) != "sgd" or self.cfg.strategy.name == "fedprox"
                 or any(len(labels) > int(fed.batch_size) for labels in self.labels.values())):
@@ -142,10 +143,19 @@ class Target:
 
     def update(self, hospital: str, index: list[int], training: LocalTraining, dp=None) -> tuple[np.ndarray, np.ndarray]:
         """The hospital's head update on the images `index`, made by its own training code."""
+        return self._trained(self.features[hospital][index], self.labels[hospital][index], training, dp)
+
+    def public_update(self, n: int, training: LocalTraining, dp, rng: np.random.Generator):
+        """An update made the same way from n public images (the attacker's prior): all the structure of a real
+        update at this model, nothing about any gallery patient."""
+        pick = torch.as_tensor(rng.choice(len(self.prior_features), n, replace=False))
+        return self._trained(self.prior_features[pick], self.prior_labels[pick], training, dp)
+
+    def _trained(self, features, labels, training: LocalTraining, dp) -> tuple[np.ndarray, np.ndarray]:
         head = torch.nn.Linear(self.weight.shape[1], self.weight.shape[0]).double()
         head.load_state_dict({"weight": self.weight, "bias": self.bias})
-        data = _Features(self.features[hospital][index], self.labels[hospital][index])
-        loader = torch.utils.data.DataLoader(data, batch_size=len(index))  # full batch, as the default trains
+        data = _Features(features, labels)
+        loader = torch.utils.data.DataLoader(data, batch_size=len(labels))  # full batch, as the default trains
         train_epochs(head, loader, training.steps, training.lr, "cpu", dp=dp, optimizer="sgd",
                      momentum=training.momentum)
         return ((head.weight.detach() - self.weight).numpy(), (head.bias.detach() - self.bias).numpy())
@@ -202,22 +212,28 @@ def by_gallery(target: Target, delta, n: int, training: LocalTraining, site: lis
 
 
 def gallery_draws(target: Target, draws: int, sample) -> dict:
-    """The gallery attacks on `draws` updates from `sample(rng)` -> (update, n, training, site, members) and on
-    a noise update of each one's scale, paired draw by draw: per attack the mean share named, the noise
-    updates' mean, and the mean and spread of the per-draw difference."""
+    """The gallery attacks on `draws` updates from `sample(rng)` -> (update, public update, n, training, site,
+    members), each paired with two that carry nothing about the site's patients: a noise update of its scale,
+    and an update made the same way from public images (all the structure of a real update at this model: what
+    the model's own fit to its training patients gives these attacks). Per attack: the mean share named, each
+    null's mean, and the mean and spread of the per-draw difference from each."""
     rng = np.random.default_rng(draws)
-    named = {key: ([], []) for key in GALLERY}
+    named = {key: {"real": [], "noise": [], "public": []} for key in GALLERY}
     for _ in range(draws):
-        delta, n, training, site, members = sample(rng)
+        delta, public, n, training, site, members = sample(rng)
         blank = tuple(rng.normal(size=d.shape) * d.std() for d in delta)
-        real, noise = (by_gallery(target, d, n, training, site, members) for d in (delta, blank))
-        for key, (reals, noises) in named.items():
-            reals.append(real[key])
-            noises.append(noise[key])
-    return {"draws": draws, "chance": real["gallery_chance"]} | {key: {
-        "mean": float(np.mean(reals)), "noise_mean": float(np.mean(noises)),
-        "difference": float(np.mean(np.subtract(reals, noises))),
-        "difference_sd": float(np.std(np.subtract(reals, noises), ddof=1))} for key, (reals, noises) in named.items()}
+        for kind, update in (("real", delta), ("noise", blank), ("public", public)):
+            found = by_gallery(target, update, n, training, site, members)
+            for key in GALLERY:
+                named[key][kind].append(found[key])
+    result = {"draws": draws, "chance": found["gallery_chance"]}
+    for key, shares in named.items():
+        result[key] = {"mean": float(np.mean(shares["real"]))}
+        for null in ("noise", "public"):
+            difference = np.subtract(shares["real"], shares[null])
+            result[key] |= {f"{null}_mean": float(np.mean(shares[null])), f"{null}_difference": float(difference.mean()),
+                            f"{null}_difference_sd": float(difference.std(ddof=1))}
+    return result
 
 
 def subsets(target: Target, k: int, training: LocalTraining, dp=None):
@@ -226,16 +242,23 @@ def subsets(target: Target, k: int, training: LocalTraining, dp=None):
 
     def sample(rng):
         index = sorted(rng.choice(len(target.members[h]), k, replace=False).tolist())
-        return (target.update(h, index, training, dp), k, training, target.patients[h],
-                [target.members[h][i] for i in index])
+        return (target.update(h, index, training, dp), target.public_update(k, training, dp, rng), k, training,
+                target.patients[h], [target.members[h][i] for i in index])
     return sample
 
 
 def aggregates(target: Target, training: LocalTraining, dp=None):
-    """Draws of the aggregate over every hospital (fresh DP noise each draw), named among everyone's patients."""
+    """Draws of the aggregate over every hospital (fresh DP noise each draw), named among everyone's patients; its
+    public counterpart averages public updates of the hospitals' sizes."""
     everyone = [i for hospital in target.hospitals for i in target.members[hospital]]
-    return lambda rng: (aggregate(target, training, dp), len(everyone), training, list(range(len(target.gallery))),
-                        everyone)
+
+    def sample(rng):
+        sizes = [len(target.labels[h]) for h in target.hospitals]
+        public = [target.public_update(n, training, dp, rng) for n in sizes]
+        public = tuple(sum(n * u[i] for n, u in zip(sizes, public)) / sum(sizes) for i in range(2))
+        return (aggregate(target, training, dp), public, len(everyone), training, list(range(len(target.gallery))),
+                everyone)
+    return sample
 
 
 def null_update(target: Target, delta, n: int, training: LocalTraining, truth: list[int], site: list[int],
@@ -518,8 +541,8 @@ def verdict(scenarios: dict, defences: str = "secure aggregation, DP") -> str:
     curve = [(k, plain, dp) for k, plain, dp in curve if plain is not None]
     if curve:
         text.append(f"Updates of {' / '.join(str(k) for k, _, _ in curve)} images ({curve[0][1]['draws']} draws each), "
-                    "the share of their members a gallery of records names (joint fit / inner product; noise "
-                    "updates; chance), without DP: " + " | ".join(drawn(d) for _, d, _ in curve) + ".")
+                    "the share of their members a gallery of records names (joint fit / likelihood ratio; noise "
+                    "updates; public updates; chance), without DP: " + " | ".join(drawn(d) for _, d, _ in curve) + ".")
         dp = [(k, d) for k, _, d in curve if d is not None]
         if dp:
             text.append("Under DP at the run's σ: " + " | ".join(drawn(d) for _, d in dp) + ".")
@@ -546,9 +569,9 @@ def verdict(scenarios: dict, defences: str = "secure aggregation, DP") -> str:
         if bare is not None:
             both = drawn_read(bare) and draws is not None and drawn_read(draws)
             text.append(f"The same aggregate without DP: {drawn(bare)} — " + (
-                "read with and without DP alike: what these attacks find at this size DP does not change (the "
-                "gradients are taken at the final model, which was trained on these members: part of what they "
-                "find may be the model's own fit, which DP bounds over the whole run)" if both else
+                "read with and without DP alike: at this size the run's DP does not hide membership from these "
+                "attacks (what they find is in the update: public updates, which carry the model's own fit to its "
+                "training patients, are named no more than noise)" if both else
                 "DP is what hides the members at this size" if drawn_read(bare) else
                 "not read either: at this size these attacks cannot show what DP adds to the sum") + ".")
     return " ".join(text)
@@ -558,14 +581,17 @@ Z = 2.5  # standard errors a re-identification must clear: a row is read if any 
 
 
 def drawn_read(d: dict) -> bool:
-    """Whether a gallery attack beats its noise updates, paired draw by draw, by Z standard errors."""
-    return any(d[key]["difference"] > Z * d[key]["difference_sd"] / np.sqrt(d["draws"]) for key in GALLERY)
+    """Whether a gallery attack beats both its nulls (noise updates, public updates), paired draw by draw, by Z
+    standard errors."""
+    return any(all(d[key][f"{null}_difference"] > Z * d[key][f"{null}_difference_sd"] / np.sqrt(d["draws"])
+                   for null in ("noise", "public")) for key in GALLERY)
 
 
 def drawn(d: dict) -> str:
-    """The gallery attacks over their draws: the mean named by each (the noise updates'; chance), read or not."""
-    return (f"{d[GALLERY[0]]['mean']:.2f} / {d[GALLERY[1]]['mean']:.2f} ({d[GALLERY[0]]['noise_mean']:.2f} / "
-            f"{d[GALLERY[1]]['noise_mean']:.2f}; {d['chance']:.2f}, {d['draws']} draws): "
+    """The gallery attacks over their draws: the mean named by each (noise updates'; public updates'; chance)."""
+    fit, ratio = d[GALLERY[0]], d[GALLERY[1]]
+    return (f"{fit['mean']:.2f} / {ratio['mean']:.2f} ({fit['noise_mean']:.2f} / {ratio['noise_mean']:.2f}; "
+            f"{fit['public_mean']:.2f} / {ratio['public_mean']:.2f}; {d['chance']:.2f}, {d['draws']} draws): "
             + ("READ" if drawn_read(d) else "not read"))
 
 

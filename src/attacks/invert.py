@@ -495,12 +495,12 @@ def markdown(results: dict) -> str:
              "for the aggregate) is one whose image was in the update, each patient counted once — no pairing; in "
              "pixels (SSIM) and by the recovered features (the front end is public); chance is naming patients at "
              "random. Gallery: an attacker holding every such patient's record (image and label) names the n whose "
-             "gradients best add up to the update (fit) or point most along it (inner product). Noise update: the same attack on noise of the update's scale; a row no "
+             "gradients best add up to the update (fit) or are each likeliest in it (likelihood ratio). Noise update: the same attack on noise of the update's scale; a row no "
              "better than its noise update shows nothing. A leak is a gain over the controls and chance, not a raw "
              "PSNR; \"no usable information\" is a claim about this attack at these settings.", "",
              "| scenario | images | PSNR (dB) | gain (outsiders; null) | best other patient | SSIM "
              "| gain (outsiders; null) | re-identified: pixels (null) | features (null; noise update) | chance "
-             "| gallery: fit / inner product (noise update; chance) | feature cos (noise update) | labels | s |",
+             "| gallery: fit / likelihood ratio (noise update; chance) | feature cos (noise update) | labels | s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     nan = float("nan")
     for name, r in results["scenarios"].items():

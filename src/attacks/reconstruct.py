@@ -14,7 +14,7 @@
    live (the front end whitens on the public reference set).
    An attacker that holds a gallery of candidate records (any images of the patients, the
    front end being public, and their labels) can skip the features and name members
-   directly: by each record's gradient's inner product with the update (`rank_gallery`),
+   directly: by each record's likelihood ratio of being in the update (`rank_gallery`),
    or by the records whose gradients best add up to it (`match_gallery`).
 2. **Features -> pixels.** A learnt prior from public data, as attackers with public images
    use: kernel ridge regression from front-end features to pixels, fitted on the public

@@ -346,8 +346,8 @@ def test_flwr_run_runs_a_prepared_run_and_hospitals_refuse_a_plain_round(hospita
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     printed = [line for line in proc.stdout.splitlines() if line.startswith(("cd ", "export ", "flower-", "flwr "))]
     app = run_dir / "app"  # the app's own files, without the checkout's .venv that `flwr run` would walk
-    assert printed[:3] == [f"cd {app}", f"export FLWR_HOME={run_dir / 'flwr_home'}",
-                           f"export FEDCXR_NODE_CONFIGS={run_dir / 'hospitals'}"]  # the hospitals' own, not the server's
+    assert printed[:3] == [f"cd {app}", f"export FLWR_HOME={run_dir / 'flwr_home'}",  # and the hospitals' own
+                           f"export FEDCXR_NODE_CONFIGS={run_dir / 'hospitals'}"]  # folder, not the server's
     assert (app / "pyproject.toml").exists() and (app / "src" / "client" / "app.py").exists()
     assert not (app / ".venv").exists()  # the README and CI put the venv in the checkout
     superlink, submit = printed[3:]

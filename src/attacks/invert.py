@@ -200,8 +200,8 @@ GALLERY = ("gallery_reidentification", "ranked_reidentification")  # the two way
 
 def by_gallery(target: Target, delta, n: int, training: LocalTraining, site: list[int], members: list[int]) -> dict:
     """Members named by an attacker holding the `site`'s records (images and labels): the n whose gradients best
-    add up to the update (`match_gallery`) and the n whose gradients point most along it (`rank_gallery`); the
-    share of the n named who were in the update (`members`), and chance (n drawn without repeats)."""
+    add up to the update (`match_gallery`) and the n each likeliest in it (`rank_gallery`); the share of the n
+    named who were in the update (`members`), and chance (n drawn without repeats)."""
     gradients, direction = gallery_gradients(*delta, target.weight.numpy(), target.bias.numpy(),
                                              target.gallery_features[site].numpy(), target.gallery_labels[site],
                                              training)
@@ -231,7 +231,8 @@ def gallery_draws(target: Target, draws: int, sample) -> dict:
         result[key] = {"mean": float(np.mean(shares["real"]))}
         for null in ("noise", "public"):
             difference = np.subtract(shares["real"], shares[null])
-            result[key] |= {f"{null}_mean": float(np.mean(shares[null])), f"{null}_difference": float(difference.mean()),
+            result[key] |= {f"{null}_mean": float(np.mean(shares[null])),
+                            f"{null}_difference": float(difference.mean()),
                             f"{null}_difference_sd": float(difference.std(ddof=1))}
     return result
 
@@ -269,16 +270,12 @@ def null_update(target: Target, delta, n: int, training: LocalTraining, truth: l
     rng = np.random.default_rng([int(t) for t in truth] + [n])
     noise = tuple(rng.normal(size=d.shape) * d.std() for d in delta)
     _, features, _ = read(target, noise, n, training)
-    truth_features = target.gallery_features[truth].numpy()
-    rows, cols = linear_sum_assignment(((features[:, None, :] - truth_features[None]) ** 2).sum(-1))
-    chosen = rows[np.argsort(cols)[:pixels]]
+    chosen, _, cosine = paired(target, features, truth, pixels)
     position = {patient: i for i, patient in enumerate(site)}
-    cosine = (features[rows] * truth_features[cols]).sum(1) / (
-        np.linalg.norm(features[rows], axis=1) * np.linalg.norm(truth_features[cols], axis=1) + 1e-12)
     gallery = by_gallery(target, noise, n, training, site, members)
     return {"feature_reidentification": feature_reidentification(target, features[chosen], site,
                                                                  [position[m] for m in members]),
-            "feature_cosine": float(cosine.mean()), **{key: gallery[key] for key in GALLERY}}
+            "feature_cosine": cosine, **{key: gallery[key] for key in GALLERY}}
 
 
 def scored(target: Target, features: np.ndarray, truth: list[int], site: list[int], members: list[int],
@@ -311,23 +308,30 @@ def score(target: Target, features: np.ndarray, truth: list[int], site: list[int
     """Pair reconstructions and true images one-to-one by their features (scoring only: it sees the truth),
     take the pairs of the first `pixels` true images to pixels, measure them; a `control` skips the
     true images' comparison with every other patient, and `reidentify=False` the naming of patients."""
-    truth_features = target.gallery_features[truth].numpy()
-    distance = ((features[:, None, :] - truth_features[None]) ** 2).sum(-1)
-    rows, cols = linear_sum_assignment(distance)  # every true image paired when there are more reconstructions
-    order = np.argsort(cols)[:pixels]
-    chosen, true = rows[order], [truth[c] for c in cols[order]]
+    chosen, true, cosine = paired(target, features, truth, pixels)
     images = to_pixels(target, features[chosen], refine)
     position = {patient: i for i, patient in enumerate(site)}
     in_site = [position[m] for m in members]
     result = leakage(images, target.gallery[true], target.gallery[site] if reidentify else None, in_site,
                      target.others, best_other=not control, mean_of=target.gallery[baseline] if baseline else None)
-    cosine = (features[rows] * truth_features[cols]).sum(1) / (
-        np.linalg.norm(features[rows], axis=1) * np.linalg.norm(truth_features[cols], axis=1) + 1e-12)
-    result.update({"images": len(truth), "measured_in_pixels": len(chosen), "feature_cosine": float(cosine.mean())})
+    result.update({"images": len(truth), "measured_in_pixels": len(chosen), "feature_cosine": cosine})
     if reidentify:
         result["feature_reidentification"] = feature_reidentification(target, features[chosen], site, in_site)
     result["_montage"] = (target.gallery[true], images)
     return result
+
+
+def paired(target: Target, features: np.ndarray, truth: list[int], pixels: int) -> tuple[np.ndarray, list[int], float]:
+    """Reconstructions paired one-to-one with the true images (gallery positions `truth`) by their features
+    (scoring only: it sees the truth): the reconstructions paired with the first `pixels` true images, those
+    true images, and the mean feature cosine over every pair."""
+    truth_features = target.gallery_features[truth].numpy()
+    distance = ((features[:, None, :] - truth_features[None]) ** 2).sum(-1)
+    rows, cols = linear_sum_assignment(distance)  # every true image paired when there are more reconstructions
+    order = np.argsort(cols)[:pixels]
+    cosine = (features[rows] * truth_features[cols]).sum(1) / (
+        np.linalg.norm(features[rows], axis=1) * np.linalg.norm(truth_features[cols], axis=1) + 1e-12)
+    return rows[order], [truth[c] for c in cols[order]], float(cosine.mean())
 
 
 def feature_reidentification(target: Target, features: np.ndarray, patients: list[int], members: list[int]) -> float:
@@ -391,7 +395,8 @@ def run_scenarios(target: Target, names: list[str], pixels: int = 64, refine: in
             if k <= len(everyone):
                 out[f"update-dp/{k}-images"] = attack(target, target.update(h, everyone[:k], clipped, dp),
                                                       everyone[:k], clipped, pixels=pixels, refine=refine)
-                out[f"update-dp/{k}-images"]["gallery_draws"] = gallery_draws(target, DRAWS, subsets(target, k, clipped, dp))
+                out[f"update-dp/{k}-images"]["gallery_draws"] = gallery_draws(target, DRAWS,
+                                                                              subsets(target, k, clipped, dp))
         k, dp = min(CURVE_IMAGES[-1], len(everyone)), _dp(target, 1.0)  # the largest small update, at ε = 1
         clipped = replace(target.training, max_grad_norm=dp.max_grad_norm)
         out[f"update-dp/eps-1/{k}-images"] = attack(target, target.update(h, everyone[:k], clipped, dp), everyone[:k],
@@ -405,7 +410,8 @@ def run_scenarios(target: Target, names: list[str], pixels: int = 64, refine: in
         # everyone's images, and is scored on the audited hospital's images among them
         out["secure-aggregate"] = attack_aggregate(target, aggregate(target, clipped, dp), clipped, pixels, refine)
         out["secure-aggregate"]["hospitals"] = len(target.hospitals)
-        out["secure-aggregate"]["gallery_draws"] = gallery_draws(target, AGGREGATE_DRAWS, aggregates(target, clipped, dp))
+        out["secure-aggregate"]["gallery_draws"] = gallery_draws(target, AGGREGATE_DRAWS,
+                                                                 aggregates(target, clipped, dp))
         if dp is not None:  # what DP adds at this size: the gallery attacks on the same aggregate without it
             out["secure-aggregate"]["without_dp"] = gallery_draws(target, AGGREGATE_DRAWS, aggregates(
                 target, target.training))
@@ -495,8 +501,9 @@ def markdown(results: dict) -> str:
              "for the aggregate) is one whose image was in the update, each patient counted once — no pairing; in "
              "pixels (SSIM) and by the recovered features (the front end is public); chance is naming patients at "
              "random. Gallery: an attacker holding every such patient's record (image and label) names the n whose "
-             "gradients best add up to the update (fit) or are each likeliest in it (likelihood ratio). Noise update: the same attack on noise of the update's scale; a row no "
-             "better than its noise update shows nothing. A leak is a gain over the controls and chance, not a raw "
+             "gradients best add up to the update (fit) or are each likeliest in it (likelihood ratio). Noise "
+             "update: the same attack on noise of the update's scale; a row no better than its noise update shows "
+             "nothing. A leak is a gain over the controls and chance, not a raw "
              "PSNR; \"no usable information\" is a claim about this attack at these settings.", "",
              "| scenario | images | PSNR (dB) | gain (outsiders; null) | best other patient | SSIM "
              "| gain (outsiders; null) | re-identified: pixels (null) | features (null; noise update) | chance "
@@ -513,7 +520,8 @@ def markdown(results: dict) -> str:
                      f"{r.get('feature_reidentification', nan):.2f} ({null.get('feature_reidentification', nan):.2f}; "
                      f"{noise.get('feature_reidentification', nan):.2f}) | {r['chance']:.3f} | "
                      f"{r.get('gallery_reidentification', nan):.2f} / {r.get('ranked_reidentification', nan):.2f} "
-                     f"({noise.get('gallery_reidentification', nan):.2f} / {noise.get('ranked_reidentification', nan):.2f}; "
+                     f"({noise.get('gallery_reidentification', nan):.2f} / "
+                     f"{noise.get('ranked_reidentification', nan):.2f}; "
                      f"{r.get('gallery_chance', nan):.2f}) | {r.get('feature_cosine', nan):.3f} "
                      f"({noise.get('feature_cosine', nan):.3f}) | {r['label_accuracy']:.2f} | {r['seconds']:.0f} |")
     lines += ["", results["verdict"], ""]

@@ -124,7 +124,8 @@ def match_features(delta_weight: np.ndarray, delta_bias: np.ndarray, weight: np.
 
 
 def gallery_gradients(delta_weight: np.ndarray, delta_bias: np.ndarray, weight: np.ndarray, bias: np.ndarray,
-                      gallery: np.ndarray, labels: np.ndarray, training: LocalTraining) -> tuple[np.ndarray, np.ndarray]:
+                      gallery: np.ndarray, labels: np.ndarray,
+                      training: LocalTraining) -> tuple[np.ndarray, np.ndarray]:
     """What an attacker holding a gallery of candidate records (features: the front end is public; labels: a
     membership attacker knows the record) compares with an update: each record's gradient, taken where the head
     was at each local step, read off the update itself (the head moved along it: after step t by the share of the
@@ -149,8 +150,8 @@ def gallery_gradients(delta_weight: np.ndarray, delta_bias: np.ndarray, weight: 
 
 def rank_gallery(gradients: np.ndarray, target: np.ndarray, n: int, lr: float) -> list[int]:
     """The n records each most likely to be in the update on its own: the likelihood ratio of "the update is
-    lr/n times this record's gradient plus Gaussian rest" against "the rest alone", ⟨g, update⟩ − lr/(2n)·‖g‖².
-    Returns their positions."""
+    lr/n times this record's gradient plus Gaussian rest" against "the rest alone",
+    ⟨g, update⟩ − lr/(2n)·‖g‖². Returns their positions."""
     score = gradients @ target - lr / (2 * n) * (gradients ** 2).sum(1)
     return np.argsort(-score, kind="stable")[:n].tolist()
 

@@ -139,10 +139,10 @@ def _refuse_masked(msg: Message, context: Context, server_round: int, what: str)
     """Rounds go forward: none at or before the last one this hospital masked an update for, in this run."""
     path = masked_rounds(context)
     record = json.loads(path.read_text()) if path.exists() else {}
-    run = str(msg.metadata.run_id)
-    masked = record.get(run) if isinstance(record, dict) else "?"
-    if not (type(masked) is int or (masked is None and run not in record)):  # unreadable: every round refused
-        raise SecAggError(f"refusing secure-aggregation round {server_round}: this hospital cannot read its record of masked rounds")
+    if not (isinstance(record, dict) and all(type(last) is int for last in record.values())):
+        raise SecAggError(f"refusing secure-aggregation round {server_round}: this hospital cannot read its "
+                          "record of masked rounds")  # a record it cannot read refuses every round
+    masked = record.get(str(msg.metadata.run_id))
     if masked is not None and server_round <= masked:
         raise SecAggError(f"refusing to {what} secure-aggregation round {server_round} of run {msg.metadata.run_id}: "
                           f"this hospital already sent a masked update for round {masked}")

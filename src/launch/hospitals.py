@@ -106,7 +106,8 @@ def hospital_nodes(cfg: DictConfig, federation: Federation, run_dir: Path) -> li
         manifest = run_dir / "hospitals" / f"{name}.json"
         federation.only(name).save(manifest)
         config = {"hospital": name, "manifest": str(manifest), "threads": threads, "identity-key": str(keys[name]),
-                  "roster": str(roster), "initial-model": str(run_dir / INITIAL_MODEL), "cache-dir": image_cache, **policy}
+                  "roster": str(roster), "initial-model": str(run_dir / INITIAL_MODEL), "cache-dir": image_cache,
+                  **policy}
         (run_dir / "hospitals" / f"{name}.node.json").write_text(json.dumps(config, indent=1))
         hospitals.append(Hospital(name, config))
     return hospitals

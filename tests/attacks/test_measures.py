@@ -133,9 +133,11 @@ def test_small_updates_are_read_only_where_their_draws_beat_the_noise_updates():
                   "public_mean": public, "public_difference": mean - public, "public_difference_sd": 0.1}
         return {"draws": 30, "chance": 0.02, "gallery_reidentification": attack, "ranked_reidentification": attack}
 
-    text = verdict({"update/4-images": {"gallery_draws": draws(0.9)}, "update-dp/4-images": {"gallery_draws": draws(0.08)}})
+    text = verdict({"update/4-images": {"gallery_draws": draws(0.9)},
+                    "update-dp/4-images": {"gallery_draws": draws(0.08)}})
     assert "without DP: 0.90 / 0.90 (0.05 / 0.05; 0.05 / 0.05; 0.02, 30 draws): READ" in text
-    assert "run's σ: 0.08 / 0.08 (0.05 / 0.05; 0.05 / 0.05; 0.02, 30 draws): not read" in text  # 0.03 < 2.5 × 0.1 / √30
+    # 0.03 < 2.5 × 0.1 / √30
+    assert "run's σ: 0.08 / 0.08 (0.05 / 0.05; 0.05 / 0.05; 0.02, 30 draws): not read" in text
     # above the noise updates, but public updates (the model's own fit) are named as often: not read
     assert "READ" not in verdict({"update/4-images": {"gallery_draws": draws(0.9, public=0.88)}})
 

@@ -116,6 +116,7 @@ def test_a_node_config_without_a_manifest_never_takes_the_run_configs_folder(hos
         node_settings(context)
     (hospital / "split.json").write_text((hospital / "hospital_1.json").read_text())
     (hospital / "hospitals").mkdir()
-    (hospital / "hospitals" / "hospital_1.node.json").write_text(json.dumps({"hospital": "hospital_1", "manifest": "m"}))
+    stand_in = {"hospital": "hospital_1", "manifest": "m"}
+    (hospital / "hospitals" / "hospital_1.node.json").write_text(json.dumps(stand_in))
     monkeypatch.setenv(NODE_CONFIGS, str(hospital / "hospitals"))
-    assert node_settings(context) == {"hospital": "hospital_1", "manifest": "m"}
+    assert node_settings(context) == stand_in

@@ -7,6 +7,7 @@ the final report wants it measured.
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from src.metrics import classification_metrics
 from src.models.initial import load_initial_model
 from src.models.wire import load_record, to_record
 from src.server.announce import announce
+from src.server.background import Background
 from src.server.dashboard import Dashboard
 from src.server.polling import poll_faster
 from src.server.readers import load_reads, score_reads
@@ -59,6 +61,7 @@ def main(grid: Grid, context: Context) -> None:
     device = resolve_device(cfg.device)
     strategy = make_strategy(cfg)
     dashboard = Dashboard(cfg, run_dir, federation.classes)
+    background = Background()  # the report's plots and the dashboard, off the round's path
 
     latest: dict = {}  # the newest model's pooled predictions, for the report once hospitals have evaluated it
 
@@ -80,13 +83,14 @@ def main(grid: Grid, context: Context) -> None:
         announce(progress_line(entry, rounds, time.perf_counter() - started, server_round - first + 1))
 
     def finish_evaluation(server_round: int) -> None:
-        """The hospitals' evaluation joins the round's entry; report and dashboard."""
+        """The hospitals' evaluation joins the round's entry, saved now; report and dashboard in the background."""
         if latest.get("round") != server_round:  # a resumed run: the checkpoint's model is loaded
             labels, probs = evaluate_pooled()
             latest.update(round=server_round, state=model.state_dict(), labels=labels, probs=probs)
         entry = record.add_evaluation(server_round, strategy.rounds[server_round])
-        write_report(run_dir, record.save(latest["state"]), latest["labels"], latest["probs"])
-        dashboard.log_round(entry, latest["labels"], latest["probs"], run_dir / "roc.png")
+        saved, entry = copy.deepcopy((record.save(latest["state"]), entry))  # the loop goes on changing both
+        background.submit(write_report, run_dir, saved, latest["labels"], latest["probs"])
+        background.submit(dashboard.log_round, entry, latest["labels"], latest["probs"], run_dir / "roc.png")
 
     started = time.perf_counter()
     try:
@@ -99,4 +103,7 @@ def main(grid: Grid, context: Context) -> None:
         announce(f"run stopped: {e}; resume with resume={run_dir}")
         raise
     finally:
-        dashboard.finish()
+        try:
+            background.close()
+        finally:
+            dashboard.finish()

@@ -1,0 +1,35 @@
+import threading
+
+import pytest
+
+from src.server.background import Background
+
+
+def test_tasks_run_in_order_off_the_calling_thread():
+    background, seen = Background(), []
+    for i in range(20):
+        background.submit(lambda i=i: seen.append((i, threading.current_thread() is threading.main_thread())))
+    background.close()
+    assert seen == [(i, False) for i in range(20)]
+
+
+def test_a_failed_task_is_raised_at_close():
+    background = Background()
+    background.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        background.close()
+
+
+def test_a_failed_task_stops_the_next_submit():
+    background, failed, ran = Background(), threading.Event(), []
+
+    def fail():
+        failed.set()
+        raise OSError("disk full")
+
+    background.submit(fail)
+    failed.wait()
+    background.pool.shutdown(wait=True)  # the failure is recorded before the next submit looks
+    with pytest.raises(OSError, match="disk full"):
+        background.submit(ran.append, 1)
+    assert ran == []

@@ -10,10 +10,10 @@ clipping (`zero_non_finite`). `linear` is fedcxr's own, for the one
 module Opacus is slowest on relative to its plain step: a lone linear layer under
 cross-entropy, which is what a hospital trains on a fixed front end's features. Its
 per-sample gradients have a closed form (∂ℓ_i/∂logits = softmax_i − onehot_i, times the
-input), so the step needs neither autograd nor hooks. On the CPU, for the default head on
-195 images, Opacus' hooks make the bare step (no data loading) 4.4× a plain one and the
-closed form 2.0× (the rest is the clipping and noise of Opacus' `DPOptimizer`, which it
-keeps); through a hospital's loader, 1.5–1.8× and 1.1–1.5× (bench/dp_overhead.py).
+input), so the step needs neither autograd nor hooks; the loss and that gradient share one
+log-softmax. On the CPU, for the default head on 195 images through a hospital's loader, a
+DP step is 1.58× a plain one with Opacus' hooks and 1.21× with the closed form
+(bench/dp_overhead.py; clipping and noise stay Opacus' `DPOptimizer`'s).
 
 `auto` picks from bench/dp_overhead.py: `linear` for a linear head, else `hooks` (the
 fastest for every CNN on the CPU; on an H200 at 224 px, batch 32, level with ghost clipping
@@ -45,12 +45,13 @@ def linear_cross_entropy(head: torch.nn.Linear, inputs: torch.Tensor, labels: to
     """Set `grad_sample` (each sample's gradient of its own loss, as Opacus' hooks would) on
     `head`'s parameters for the mean cross-entropy of `head(inputs)`; return that loss."""
     logits = head(inputs)
-    residual = torch.softmax(logits, dim=1)
-    residual[torch.arange(len(labels)), labels] -= 1  # ∂ℓ_i/∂logits_i
+    log_probs = torch.log_softmax(logits, dim=1)  # once, for the loss and its gradient
+    residual = log_probs.exp()
+    residual.scatter_add_(1, labels[:, None], residual.new_full((len(labels), 1), -1.0))  # ∂ℓ_i/∂logits_i
     head.weight.grad_sample = residual.unsqueeze(2) * inputs.unsqueeze(1)
     if head.bias is not None:
         head.bias.grad_sample = residual
-    return torch.nn.functional.cross_entropy(logits, labels) if len(labels) else logits.sum()
+    return -log_probs.gather(1, labels[:, None]).mean() if len(labels) else logits.sum()
 
 
 @torch.no_grad()

@@ -114,12 +114,12 @@ def main(label: str, overrides: list[str]) -> dict:
     runs = json.loads(RESULTS.read_text()).get("runs", {}) if RESULTS.exists() else {}
     runs[label] = report
     out = {"runs": runs, "secure_aggregation_added_to_rounds": secure_aggregation_cost(runs)}
-    twin = _twin(runs, label)
-    if twin is not None:
-        secure, plain = (label, twin) if _strategy(runs[label]) == "secagg" else (twin, label)
-        added = out["secure_aggregation_added_to_rounds"][f"{secure} / {plain}"]
-        print(f"secure aggregation adds {added:.0%} to the rounds of {secure!r} against {plain!r}")
     RESULTS.write_text(json.dumps(out, indent=1))
+    twin = _twin(runs, label)
+    if twin is not None:  # this run's twin, whose own nearest twin may be another run
+        secure, plain = (label, twin) if _strategy(runs[label]) == "secagg" else (twin, label)
+        print(f"secure aggregation adds {_added(runs, secure, plain):.0%} to the rounds of {secure!r} "
+              f"against {plain!r}")
     return report
 
 
@@ -146,9 +146,13 @@ def secure_aggregation_cost(runs: dict) -> dict:
     for label, run in runs.items():
         twin = _twin(runs, label) if _strategy(run) == "secagg" else None
         if twin is not None:
-            secure, plain = (sum(r["total_s"] for r in runs[k]["rounds"]) for k in (label, twin))
-            cost[f"{label} / {twin}"] = secure / plain - 1
+            cost[f"{label} / {twin}"] = _added(runs, label, twin)
     return cost
+
+
+def _added(runs: dict, secure: str, plain: str) -> float:
+    """The secure run's rounds' total time over the FedAvg run's, less 1."""
+    return sum(r["total_s"] for r in runs[secure]["rounds"]) / sum(r["total_s"] for r in runs[plain]["rounds"]) - 1
 
 
 if __name__ == "__main__":

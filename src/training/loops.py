@@ -19,6 +19,7 @@ from src.data.layouts import Sample
 from src.models.features import raw_features
 from src.models.grouped_conv import register_opacus_sampler
 from src.training.grad_sample import choose, linear_cross_entropy, zero_non_finite
+from src.training.poisson import expected_batch, poisson_loader
 from src.training.precision import autocast, grad_samples_to_float32
 
 if TYPE_CHECKING:
@@ -156,7 +157,6 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
     net, mode = model, None
     if dp is not None:
         from opacus import PrivacyEngine
-        from opacus.data_loader import DPDataLoader
         from opacus.optimizers import DPOptimizer
 
         register_opacus_sampler()
@@ -166,12 +166,11 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
         if augment is not None:
             augment = BatchAugmentation(None)
         torch.manual_seed(int.from_bytes(os.urandom(8), "little"))
-        # Opacus would take the Poisson sampler's generator from the (seeded) loader: give it a secret one
-        poisson = DPDataLoader.from_data_loader(loader, generator=secret_generator("cpu"))
+        # Poisson sampling draws from a secret generator, not from the (seeded) loader's
+        poisson = poisson_loader(loader, secret_generator("cpu"))
         if mode == "linear":  # per-sample gradients in closed form; clipping and noise by Opacus' optimizer
             optimizer = DPOptimizer(optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-                                    expected_batch_size=int(len(poisson.dataset) * poisson.sample_rate),
-                                    generator=secret_generator(device))
+                                    expected_batch_size=expected_batch(poisson), generator=secret_generator(device))
             loader = poisson
         else:
             made = PrivacyEngine(accountant="rdp").make_private(
@@ -179,11 +178,12 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
                 noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm, poisson_sampling=False,
                 noise_generator=secret_generator(device), grad_sample_mode=mode)
             net, optimizer, loader = made
+            optimizer.expected_batch_size = expected_batch(poisson)
     last, steps = float("nan"), 0
     for _ in range(epochs):
         total, n = 0.0, 0
         for batch in loader:
-            images, labels = _images_and_labels(batch, loader)
+            images, labels = batch["image"], torch.as_tensor(batch["label"])
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if augment is not None:
                 images = augment(images)
@@ -212,14 +212,6 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
         if mode != "linear":
             net.remove_hooks()
     return last, steps
-
-
-def _images_and_labels(batch, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch's tensors. Opacus' Poisson loader answers an empty *first* batch with a list instead of the
-    dataset's structure (opacus/data_loader.py, CollateFnWithEmpty): that is a batch of zero images."""
-    if isinstance(batch, dict):
-        return batch["image"], torch.as_tensor(batch["label"])
-    return torch.zeros((0, *loader.dataset[0]["image"].shape)), torch.zeros(0, dtype=torch.long)
 
 
 @torch.no_grad()

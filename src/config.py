@@ -93,6 +93,9 @@ def validate(cfg: DictConfig) -> None:
          "> 0, or null", cfg.hospital.max_epsilon),
         (cfg.hospital.max_delta is None or 0 < float(cfg.hospital.max_delta) < 1, "hospital.max_delta",
          "in (0, 1), or null", cfg.hospital.max_delta),
+        (cfg.hospital.max_image_size is None or int(cfg.hospital.max_image_size) >= int(cfg.data.image_size),
+         "hospital.max_image_size", "at least data.image_size (every hospital would decline), or null",
+         cfg.hospital.max_image_size),
         (cfg.data.layout == "synthetic" or Path(str(cfg.data.root)).expanduser().exists(), "data.root",
          f"an existing path for layout {cfg.data.layout}", cfg.data.root),
     ]

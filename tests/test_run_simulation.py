@@ -52,12 +52,13 @@ def test_plain_keys_and_the_data_root_are_refused_before_torch_is_imported():
             "    except ValueError as error:\n        print(error)\n"
             "print('torch imported' if 'torch' in sys.modules else 'no torch')")
     overrides = ["federation.rounds=0", "data=folder data.root=/nonexistent", "device=tpu", "data=csv",
-                 "data.num_workers=-1", "data.memory_cache_mb=-1"]
+                 "data.num_workers=-1", "data.memory_cache_mb=-1", "hospital.max_image_size=32"]
     proc = subprocess.run([sys.executable, "-c", code, *overrides], capture_output=True, text=True, timeout=60, cwd=ROOT)
     lines = proc.stdout.splitlines()
-    assert [line.split(":")[0] for line in lines[:6]] == ["federation.rounds", "data.root", "device", "data.root",
-                                                         "data.num_workers", "data.memory_cache_mb"], proc.stderr
-    assert "expected a value, got none" in lines[3] and lines[6] == "no torch"
+    assert [line.split(":")[0] for line in lines[:7]] == ["federation.rounds", "data.root", "device", "data.root",
+                                                         "data.num_workers", "data.memory_cache_mb",
+                                                         "hospital.max_image_size"], proc.stderr
+    assert "expected a value, got none" in lines[3] and lines[7] == "no torch"
 
 
 def test_more_hospitals_than_images_is_refused(tmp_path):

@@ -40,19 +40,25 @@ class HospitalError(RuntimeError):
     """What the server is told when a handler fails (see `keeps_its_reasons`)."""
 
 
+class PolicyRefusal(RuntimeError):
+    """A message the hospital's own policy refuses; the reason names the policy and the run config's values,
+    nothing of the data, so it reaches the server."""
+
+
 def keeps_its_reasons(handler):
     """A failing handler's reason stays in the hospital's own log; the server gets a fixed one.
 
     An exception's text can name a patient's file, and which failure a crafted config meets
-    can tell one training set from another, before any ε is spent. The protocol's refusals
-    (SecAggError: rounds, node ids and policies, nothing of the data) reach the server as
-    they are: a coordinator needs them to see why a round failed."""
+    can tell one training set from another, before any ε is spent. The protocol's and the
+    policy's refusals (SecAggError, PolicyRefusal: rounds, node ids, policies and the run
+    config's values, nothing of the data) reach the server as they are: a coordinator needs
+    them to see why a round failed."""
 
     @functools.wraps(handler)
     def answered(msg: Message, context: Context) -> Message:
         try:
             return handler(msg, context)
-        except SecAggError:
+        except (SecAggError, PolicyRefusal):
             raise
         except Exception:
             log.exception("%r (round message %r) failed", msg.metadata.message_type, msg.metadata.group_id)
@@ -153,6 +159,9 @@ def train_round(msg: Message, context: Context) -> Message:
     if capped and cfg.privacy.name != "dp":
         return _reply(msg, hospital, {}, declined=f"policy hospital.max_epsilon={rules.max_epsilon}: refusing to "
                       f"train without differential privacy (privacy={cfg.privacy.name})")
+    too_large = rules.image_size_refusal(int(cfg.data.image_size))
+    if too_large:
+        return _reply(msg, hospital, {}, declined=too_large)
     if secure:
         secure_aggregation.check_ready(msg, context)  # before any privacy budget is spent
     # torch and Opacus only for a round the hospital takes part in (a process that declines never imports them)
@@ -254,4 +263,7 @@ def evaluate_model(msg: Message, context: Context) -> Message:
     _share_cpu(context)
     data = hospital_data(context)
     cfg = run_config(context)
+    too_large = Policy.of(node_settings(context)).image_size_refusal(int(cfg.data.image_size))
+    if too_large:
+        raise PolicyRefusal(too_large)
     return _reply(msg, data.hospitals[0], _evaluate(cfg, data, _model(cfg, data.classes, msg, context), context))

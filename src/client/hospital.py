@@ -17,6 +17,8 @@ server could abuse is read from here:
                                             sharing keys is not its neighbour
     max-epsilon                             the ledger never goes past it (inf: no cap, DP optional)
     max-delta                               the δ its ε is counted at, at most
+    max-image-size                          the largest data.image_size it decodes and caches its
+                                            images at (default 1024)
 
 Missing policy keys take the strict side (masking required, thresholds of at least 2,
 a complete graph, δ at most 1e-5); without max-epsilon the hospital trains not at all.
@@ -36,6 +38,7 @@ from pathlib import Path
 from flwr.app import Context
 
 MAX_DELTA = 1e-5  # the δ a hospital counts its ε at when its node config names none
+MAX_IMAGE_SIZE = 1024  # the largest data.image_size a hospital accepts when its node config names none
 NODE_CONFIGS = "FEDCXR_NODE_CONFIGS"  # simulation: the folder of the hospitals' stand-in node configs
 
 
@@ -68,6 +71,7 @@ class Policy:
     complete_graph: bool = True
     max_epsilon: float | None = None  # None: no cap chosen, so no training; inf: no cap
     max_delta: float = MAX_DELTA
+    max_image_size: int = MAX_IMAGE_SIZE
 
     @classmethod
     def of(cls, settings: dict) -> Policy:
@@ -77,7 +81,16 @@ class Policy:
                    min_survivors=max(2, int(settings.get("min-survivors", 2))),
                    complete_graph=bool(settings.get("complete-graph", True)),
                    max_epsilon=None if max_epsilon is None else float(max_epsilon),
-                   max_delta=float(settings.get("max-delta", MAX_DELTA)))
+                   max_delta=float(settings.get("max-delta", MAX_DELTA)),
+                   max_image_size=int(settings.get("max-image-size", MAX_IMAGE_SIZE)))
+
+    def image_size_refusal(self, image_size: int) -> str | None:
+        """Why the run's image size is refused, if it is: every image is decoded and cached on the
+        hospital's disk (and held in its memory) at that size, so the server's word bounds neither."""
+        if image_size > self.max_image_size:
+            return (f"policy hospital.max_image_size={self.max_image_size}: refusing data.image_size={image_size} "
+                    "(every image would be decoded and cached at that size on this hospital's disk)")
+        return None
 
 
 def policy(context: Context) -> Policy:

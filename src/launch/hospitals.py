@@ -57,6 +57,7 @@ def hospital_policy(cfg: DictConfig) -> dict[str, bool | int | float]:
                                  else cfg.federation.min_hospitals),
             "complete-graph": bool(complete_graph(cfg) if policy.complete_graph is None else policy.complete_graph)}
     node["max-epsilon"] = float(max_epsilon) if max_epsilon is not None else math.inf  # inf: no cap, stated
+    node["max-image-size"] = int(policy.max_image_size if policy.max_image_size is not None else cfg.data.image_size)
     return node | ({"max-delta": float(max_delta)} if max_delta is not None else {})
 
 

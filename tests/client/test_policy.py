@@ -120,3 +120,28 @@ def test_a_node_config_without_a_manifest_never_takes_the_run_configs_folder(hos
     (hospital / "hospitals" / "hospital_1.node.json").write_text(json.dumps(stand_in))
     monkeypatch.setenv(NODE_CONFIGS, str(hospital / "hospitals"))
     assert node_settings(context) == stand_in
+
+
+@pytest.mark.parametrize("cap, image_size, refused", [(None, 2048, True), (None, 1024, False), (4096, 2048, False),
+                                                       (128, 256, True)])
+def test_a_hospital_decodes_its_images_at_no_size_above_its_own_cap(hospital, cap, image_size, refused):
+    """Every image is decoded and cached at data.image_size on the hospital's disk: the server does not choose
+    how much of it fills. A train message is declined before anything is read, an evaluate message refused
+    with the policy's reason (not the fixed one an unexpected failure gets)."""
+    from src.client.app import PolicyRefusal, evaluate_model
+
+    cfg = compose_config(["strategy=fedavg", f"data.image_size={image_size}"])
+    context = Context(run_id=1, node_id=7, state=RecordDict(), run_config=to_run_config(cfg, hospital),
+                      node_config={"hospital": "hospital_1", "manifest": str(hospital / "hospital_1.json"),
+                                   "require-secure-aggregation": False, "max-epsilon": 8.0}
+                      | ({"max-image-size": cap} if cap else {}))
+    msg = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=7, message_type="train")
+    reason = f"hospital.max_image_size={cap or 1024}: refusing data.image_size={image_size}"
+    if refused:
+        assert reason in train_round(msg, context).content["hospital"]["declined"]
+        with pytest.raises(PolicyRefusal, match=reason):
+            evaluate_model(Message(RecordDict(), dst_node_id=7, message_type="evaluate"), context)
+        assert not (hospital / "cache").exists() and not (hospital / "hospital_1.privacy.json").exists()
+    else:  # past the size check: the next step needs the initial model this fixture does not have
+        with pytest.raises(Exception, match="could not answer"):
+            train_round(msg, context)

@@ -52,6 +52,12 @@ def test_hospitals_ask_for_a_complete_graph_when_the_run_has_one(overrides, comp
     assert hospital_policy(compose_config(overrides))["complete-graph"] is complete
 
 
+@pytest.mark.parametrize("overrides, cap", [([], 64), (["data.image_size=224"], 224),
+                                            (["data.image_size=224", "hospital.max_image_size=512"], 512)])
+def test_the_launchers_hospitals_accept_the_runs_own_image_size(overrides, cap):
+    assert hospital_policy(compose_config(overrides))["max-image-size"] == cap
+
+
 def test_a_complete_graph_the_run_does_not_have_is_refused_by_name():
     with pytest.raises(ValueError, match="strategy.num_shares=20"):
         hospital_policy(compose_config(["federation.num_hospitals=20", "hospital.complete_graph=true"]))

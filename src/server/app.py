@@ -89,21 +89,23 @@ def main(grid: Grid, context: Context) -> None:
             latest.update(round=server_round, state=model.state_dict(), labels=labels, probs=probs)
         entry = record.add_evaluation(server_round, strategy.rounds[server_round])
         saved, entry = copy.deepcopy((record.save(latest["state"]), entry))  # the loop goes on changing both
-        background.submit(write_report, run_dir, saved, latest["labels"], latest["probs"])
-        background.submit(dashboard.log_round, entry, latest["labels"], latest["probs"], run_dir / "roc.png")
+        background.submit(draw, saved, entry, latest["labels"], latest["probs"])
+
+    def draw(saved: dict, entry: dict, labels, probs) -> None:
+        """The report and the round's dashboard entry, whose ROC is the report's plot."""
+        write_report(run_dir, saved, labels, probs)
+        dashboard.log_round(entry, labels, probs, run_dir / "roc.png")
 
     started = time.perf_counter()
     try:
-        run_rounds(strategy, grid, to_record(model), range(first, rounds + 1),
-                   min_answers=int(cfg.federation.min_hospitals), timeout=float(cfg.federation.round_timeout),
-                   train_config=ConfigRecord({"lr": float(cfg.federation.lr)}), on_round=finish_round,
-                   on_evaluated=finish_evaluation, unevaluated=unevaluated)
+        with background:
+            run_rounds(strategy, grid, to_record(model), range(first, rounds + 1),
+                       min_answers=int(cfg.federation.min_hospitals), timeout=float(cfg.federation.round_timeout),
+                       train_config=ConfigRecord({"lr": float(cfg.federation.lr)}), on_round=finish_round,
+                       on_evaluated=finish_evaluation, unevaluated=unevaluated)
     except RoundFailed as e:
         record.stop(str(e))
         announce(f"run stopped: {e}; resume with resume={run_dir}")
         raise
     finally:
-        try:
-            background.close()
-        finally:
-            dashboard.finish()
+        dashboard.finish()

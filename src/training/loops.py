@@ -185,10 +185,14 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
         for batch in loader:
             images, labels = batch["image"], torch.as_tensor(batch["label"])
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if augment is not None:
+            if augment is not None and len(labels):
                 images = augment(images)
             optimizer.zero_grad()
-            if mode == "linear":
+            if mode is not None and not len(labels):  # an empty Poisson draw: no forward (functorch's
+                for p in optimizer.params:            # convolutions refuse a batch of 0), a noise-only step
+                    p.grad_sample = p.new_zeros((0, *p.shape))
+                loss = None
+            elif mode == "linear":
                 loss = linear_cross_entropy(net, images, labels)
             else:
                 with autocast(precision, device):
@@ -196,7 +200,7 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
                 loss.backward()
                 if precision != "float32" and mode is not None:
                     grad_samples_to_float32(model)
-            if mode is not None:
+            if mode is not None and loss is not None:
                 zero_non_finite(net)
             optimizer.step()  # an empty Poisson batch still takes a (noise-only) step under DP
             steps += 1
@@ -204,9 +208,10 @@ def train_epochs(model, loader, epochs: int, lr: float, device, proximal_mu: flo
                 with torch.no_grad():
                     for p, g in zip(model.parameters(), global_params):
                         p.sub_(lr * proximal_mu * (p - g))
-            total += float(loss.item()) * len(labels)
-            n += len(labels)
-        last = total / max(n, 1)
+            if loss is not None:
+                total += float(loss.item()) * len(labels)
+                n += len(labels)
+        last = total / n if n else float("nan")
     if dp is not None:  # the caller gets its plain model back: no per-sample gradients, no hooks
         optimizer.zero_grad()
         if mode != "linear":

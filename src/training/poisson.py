@@ -4,32 +4,42 @@ The privacy accounting assumes each image joins each batch independently with pr
 (`UniformWithReplacementSampler`, Opacus' own). Its `DPDataLoader` around that sampler builds the
 batch for an empty *first* draw from `dataset[0]`'s items; a hospital's samples are dicts, whose
 items are their keys, so that batch failed (`torch.zeros(..., dtype=str)`, opacus 1.6), which at an
-expected batch of 1 is one round in three. And `make_private` divides each step's noisy sum by the
-expected batch truncated, not rounded: for 49 images in batches of 1, int(49 × (1/49)) = 0, and the
-model became infinite. Here an empty draw is the dataset's own structure with no rows, and the
-expected batch is rounded.
+expected batch of 1 is one round in three. It also takes int(1/q) draws an epoch, for some numbers
+of batches one fewer (int(1/(1/93)) = 92), and `make_private` divides each step's
+noisy sum by the expected batch truncated, not rounded: for 49 images in batches of 1,
+int(49 × (1/49)) = 0, and the model became infinite. Here an empty draw is the dataset's own
+structure with no rows, an epoch is the loader's number of batches, and the expected batch is
+rounded.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.utils._pytree import tree_map
 from torch.utils.data import DataLoader
 
 
 class _EmptyOrCollate:
-    """The loader's collate; an empty draw becomes its output for one sample, cut to no rows."""
+    """The loader's collate; an empty draw becomes the structure of its output with no rows: tensors of
+    no rows, no per-sample values (a fresh batch each time, holding nothing of any sample)."""
 
     def __init__(self, collate, dataset) -> None:
-        self.collate, self.dataset, self.empty = collate, dataset, None
+        self.collate, self.dataset = collate, dataset
 
     def __call__(self, batch: list):
         if batch:
             return self.collate(batch)
-        if self.empty is None:
-            self.empty = tree_map(lambda x: x[:0] if isinstance(x, torch.Tensor) else x,
-                                  self.collate([self.dataset[0]]))
-        return self.empty
+        one = self.collate([self.dataset[0]])
+        if isinstance(one, dict):
+            return {key: _no_rows(value) for key, value in one.items()}
+        if isinstance(one, (list, tuple)):
+            return type(one)(map(_no_rows, one))
+        return _no_rows(one)
+
+
+def _no_rows(value):
+    if isinstance(value, torch.Tensor):
+        return torch.zeros((0, *value.shape[1:]), dtype=value.dtype)
+    return []  # a per-sample list (names, metadata): none
 
 
 def poisson_loader(loader: DataLoader, generator: torch.Generator) -> DataLoader:
@@ -38,7 +48,7 @@ def poisson_loader(loader: DataLoader, generator: torch.Generator) -> DataLoader
     from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
     sampler = UniformWithReplacementSampler(num_samples=len(loader.dataset), sample_rate=1 / len(loader),
-                                            generator=generator)
+                                            generator=generator, steps=len(loader))
     return DataLoader(loader.dataset, batch_sampler=sampler, collate_fn=_EmptyOrCollate(loader.collate_fn,
                       loader.dataset), num_workers=loader.num_workers, pin_memory=loader.pin_memory,
                       timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,

@@ -33,3 +33,20 @@ def test_a_failed_task_stops_the_next_submit():
     with pytest.raises(OSError, match="disk full"):
         background.submit(ran.append, 1)
     assert ran == []
+
+
+def test_the_loops_own_failure_is_the_one_raised(caplog):
+    """A round that fails while a plot failed too: the run stops for the round's reason; the plot's is logged."""
+    background = Background()
+    with pytest.raises(KeyError, match="round 3"):
+        with background:
+            background.submit(lambda: 1 / 0)
+            raise KeyError("round 3")
+    assert "a report task failed too" in caplog.text and "ZeroDivisionError" in caplog.text
+
+
+def test_a_loop_that_ends_well_raises_a_failed_task():
+    background = Background()
+    with pytest.raises(ZeroDivisionError):
+        with background:
+            background.submit(lambda: 1 / 0)

@@ -12,7 +12,7 @@ cross-entropy, which is what a hospital trains on a fixed front end's features. 
 per-sample gradients have a closed form (∂ℓ_i/∂logits = softmax_i − onehot_i, times the
 input), so the step needs neither autograd nor hooks; the loss and that gradient share one
 log-softmax. On the CPU, for the default head on 195 images through a hospital's loader, a
-DP step is 1.58× a plain one with Opacus' hooks and 1.21× with the closed form
+DP step is 1.57× a plain one with Opacus' hooks and 1.21–1.25× with the closed form
 (bench/dp_overhead.py; clipping and noise stay Opacus' `DPOptimizer`'s).
 
 `auto` picks from bench/dp_overhead.py: `linear` for a linear head, else `hooks` (the

@@ -21,7 +21,8 @@ server could abuse is read from here:
                                             images at (default 1024)
 
 Missing policy keys take the strict side (masking required, thresholds of at least 2,
-a complete graph, δ at most 1e-5); without max-epsilon the hospital trains not at all.
+a complete graph, δ at most 1e-5, images of at most 1024 px); without max-epsilon the
+hospital trains not at all.
 Flower's simulation engine gives a virtual node only `partition-id`, so there the
 launcher writes the same settings to `hospitals/<name>.node.json`, the stand-in for
 that hospital's node config, and names that folder in the environment of the processes
@@ -71,7 +72,7 @@ class Policy:
     complete_graph: bool = True
     max_epsilon: float | None = None  # None: no cap chosen, so no training; inf: no cap
     max_delta: float = MAX_DELTA
-    max_image_size: int = MAX_IMAGE_SIZE
+    max_image_size: float = MAX_IMAGE_SIZE  # inf: no cap
 
     @classmethod
     def of(cls, settings: dict) -> Policy:
@@ -82,13 +83,14 @@ class Policy:
                    complete_graph=bool(settings.get("complete-graph", True)),
                    max_epsilon=None if max_epsilon is None else float(max_epsilon),
                    max_delta=float(settings.get("max-delta", MAX_DELTA)),
-                   max_image_size=int(settings.get("max-image-size", MAX_IMAGE_SIZE)))
+                   max_image_size=float(settings.get("max-image-size", MAX_IMAGE_SIZE)))
 
     def image_size_refusal(self, image_size: int) -> str | None:
         """Why the run's image size is refused, if it is: every image is decoded and cached on the
-        hospital's disk (and held in its memory) at that size, so the server's word bounds neither."""
+        hospital's disk at that size. This bounds each cached copy, not how many sizes runs ask for
+        (each size keeps its own cache folder), nor memory (data.memory_cache_mb, batch size)."""
         if image_size > self.max_image_size:
-            return (f"policy hospital.max_image_size={self.max_image_size}: refusing data.image_size={image_size} "
+            return (f"policy hospital.max_image_size={self.max_image_size:g}: refusing data.image_size={image_size} "
                     "(every image would be decoded and cached at that size on this hospital's disk)")
         return None
 

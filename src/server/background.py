@@ -31,9 +31,14 @@ class Background:
         self.pending.append(self.pool.submit(task, *args))
 
     def close(self) -> None:
-        """Wait for every task; raise the first error."""
+        """Wait for every task; raise the first error (the later ones are logged)."""
         self.pool.shutdown(wait=True)
-        self._raise_failed(wait=True)
+        failed = [f.exception() for f in self.pending if f.exception() is not None]
+        self.pending.clear()
+        for error in failed[1:]:
+            log.error("a report task failed too", exc_info=error)
+        if failed:
+            raise failed[0]
 
     def __enter__(self) -> Background:
         return self

@@ -122,7 +122,7 @@ def test_a_node_config_without_a_manifest_never_takes_the_run_configs_folder(hos
     assert node_settings(context) == stand_in
 
 
-@pytest.mark.parametrize("cap, image_size, refused", [(None, 2048, True), (None, 1024, False), (4096, 2048, False),
+@pytest.mark.parametrize("cap, image_size, refused", [(None, 2048, True), (None, 1024, False), (4096, 2048, False), ("inf", 4096, False),
                                                        (128, 256, True)])
 def test_a_hospital_decodes_its_images_at_no_size_above_its_own_cap(hospital, cap, image_size, refused):
     """Every image is decoded and cached at data.image_size on the hospital's disk: the server does not choose

@@ -50,3 +50,13 @@ def test_a_loop_that_ends_well_raises_a_failed_task():
     with pytest.raises(ZeroDivisionError):
         with background:
             background.submit(lambda: 1 / 0)
+
+
+def test_every_failed_task_is_told(caplog):
+    background, go = Background(), threading.Event()
+    background.submit(lambda: go.wait() and 1 / 0)
+    background.submit(lambda: [][1])
+    go.set()
+    with pytest.raises(ZeroDivisionError):
+        background.close()
+    assert "IndexError" in caplog.text

@@ -27,7 +27,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from src.client import secure_aggregation
-from src.client.hospital import Policy, manifest, node_settings
+from src.client.hospital import manifest, node_settings, policy
 from src.secagg import SecAggError
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def train_round(msg: Message, context: Context) -> Message:
     """Local epochs (DP-SGD under privacy=dp); the update goes back in the clear (FedAvg, FedProx)
     or masked by secure aggregation (secagg)."""
     cfg = run_config(context)
-    rules = Policy.of(node_settings(context))
+    rules = policy(context)
     data = hospital_data(context)
     hospital, samples = data.hospitals[0], data.select(split="train")
     server_round = int(msg.content["config"]["server-round"])
@@ -263,7 +263,7 @@ def evaluate_model(msg: Message, context: Context) -> Message:
     _share_cpu(context)
     data = hospital_data(context)
     cfg = run_config(context)
-    too_large = Policy.of(node_settings(context)).image_size_refusal(int(cfg.data.image_size))
+    too_large = policy(context).image_size_refusal(int(cfg.data.image_size))
     if too_large:
         raise PolicyRefusal(too_large)
     return _reply(msg, data.hospitals[0], _evaluate(cfg, data, _model(cfg, data.classes, msg, context), context))

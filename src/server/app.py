@@ -81,6 +81,7 @@ def main(grid: Grid, context: Context) -> None:
         record.save(state)
         latest.update(round=server_round, state=state, labels=labels, probs=probs)
         announce(progress_line(entry, rounds, time.perf_counter() - started, server_round - first + 1))
+        settle_reports()  # before the next round asks any hospital to spend privacy budget
 
     def finish_evaluation(server_round: int) -> None:
         """The hospitals' evaluation joins the round's entry, saved now; report and dashboard in the background."""
@@ -96,6 +97,14 @@ def main(grid: Grid, context: Context) -> None:
         write_report(run_dir, saved, labels, probs)
         dashboard.log_round(entry, labels, probs, run_dir / "roc.png")
 
+    def settle_reports() -> None:
+        """The reports drawn so far; a failed one stops the run, its rounds saved, like a failed round."""
+        try:
+            background.settle()
+        except Exception as e:
+            raise RoundFailed(f"the report could not be drawn ({type(e).__name__}: {e}); the rounds "
+                              f"up to {record.rounds[-1]['round']} are saved") from e
+
     started = time.perf_counter()
     try:
         with background:
@@ -103,6 +112,7 @@ def main(grid: Grid, context: Context) -> None:
                        min_answers=int(cfg.federation.min_hospitals), timeout=float(cfg.federation.round_timeout),
                        train_config=ConfigRecord({"lr": float(cfg.federation.lr)}), on_round=finish_round,
                        on_evaluated=finish_evaluation, unevaluated=unevaluated)
+            settle_reports()
     except RoundFailed as e:
         record.stop(str(e))
         announce(f"run stopped: {e}; resume with resume={run_dir}")

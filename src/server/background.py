@@ -4,8 +4,9 @@ Drawing the report's plots takes about 0.3 s of CPU a round (matplotlib), a thir
 FedAvg round's exchange on 2 cores, and the next round needs none of it. One thread does
 this work, in order, on copies of what it draws. `results.json` and the checkpoint are
 still written by the round loop itself, first, so an interruption loses at most the newest
-plots (a resumed run with rounds left draws them again). A failed task stops the run at the
-next `submit` or when the loop ends: a run does not end with its report silently missing.
+plots (a resumed run with rounds left draws them again). The loop `settle`s at the end of
+each round, before the next one asks any hospital to train: a run does not end with its
+report silently missing, and stops on a failed one before more privacy budget is spent.
 When the loop itself fails, that failure is the one raised; a task's is logged beside it.
 """
 
@@ -26,15 +27,13 @@ class Background:
         self.pending: list[Future] = []
 
     def submit(self, task: Callable, *args) -> None:
-        """Queue `task(*args)`; raise the error of an earlier task that failed."""
-        self._raise_failed(wait=False)
+        """Queue `task(*args)`; a failure waits for `settle` (mid-round, a round's answers are still to record)."""
         self.pending.append(self.pool.submit(task, *args))
 
-    def close(self) -> None:
-        """Wait for every task; raise the first error (the later ones are logged)."""
-        self.pool.shutdown(wait=True)
-        failed = [f.exception() for f in self.pending if f.exception() is not None]
-        self.pending.clear()
+    def settle(self) -> None:
+        """Wait for every queued task; raise the first error (the later ones are logged)."""
+        pending, self.pending = self.pending, []
+        failed = [error for error in (future.exception() for future in pending) if error is not None]
         for error in failed[1:]:
             log.error("a report task failed too", exc_info=error)
         if failed:
@@ -45,15 +44,13 @@ class Background:
 
     def __exit__(self, kind, error, traceback) -> bool:
         if kind is None:
-            self.close()
+            try:
+                self.settle()
+            finally:
+                self.pool.shutdown(wait=True)
             return False
         self.pool.shutdown(wait=True)
         for future in self.pending:
             if future.exception() is not None:
                 log.error("a report task failed too", exc_info=future.exception())
         return False  # the loop's own failure goes on
-
-    def _raise_failed(self, wait: bool) -> None:
-        for future in [f for f in self.pending if wait or f.done()]:
-            self.pending.remove(future)
-            future.result()

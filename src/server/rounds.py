@@ -27,7 +27,8 @@ from src.strategies.observed import trained
 
 
 class RoundFailed(RuntimeError):
-    """Too few hospitals answered a round; the global model stays as it was."""
+    """The run cannot go on: too few hospitals answered a round or its secure aggregation failed (the
+    global model stays as it was), or (raised by the ServerApp) a round's report could not be drawn."""
 
 
 def run_rounds(

@@ -1,0 +1,56 @@
+"""The ServerApp around its round loop: what it saves, and when it stops."""
+
+from __future__ import annotations
+
+import json
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from src.config import compose_config, to_run_config
+from src.data.federation import build_federation
+from src.data.synthetic import generate
+from src.launch.hospitals import cache_front_end_features
+from src.models.initial import save_initial_model
+from src.server import app
+from src.server.rounds import RoundFailed
+
+
+def test_a_report_that_fails_stops_the_run_before_another_round_trains(tmp_path, monkeypatch):
+    """Round 1's report is drawn in the background while round 2 trains; it fails. The run stops once
+    round 2 is saved, before round 3 asks any hospital to train (and to spend privacy budget), and
+    results.json says why."""
+    generate(tmp_path / "archive", hospitals=2, images_per_hospital=20, seed=0)
+    cfg = compose_config(["data=folder", f"data.root={tmp_path / 'archive'}", f"data.cache_dir={tmp_path / 'cache'}",
+                          "data.image_size=32", f"reference.root={tmp_path / 'public'}", "reference.images=60",
+                          "model.components=8", "logger=none", "federation.rounds=4"])
+    federation = build_federation(cfg.data, 2, cfg.seed)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    federation.save(run_dir / "split.json")
+    save_initial_model(cfg, len(federation.classes), run_dir)
+    cache_front_end_features(cfg, federation, run_dir)
+
+    asked = []
+
+    def rounds_without_hospitals(strategy, grid, arrays, rounds, *, on_round, on_evaluated, **_):
+        """`run_rounds`' order of callbacks: a round's answers bring the hospitals' evaluation of the last model."""
+        for server_round in rounds:
+            asked.append(server_round)  # the hospitals train (under DP, they spend budget)
+            if server_round > 1:
+                on_evaluated(server_round - 1)
+            strategy.rounds[server_round].update(started=time.perf_counter(), time={}, hospitals={})
+            on_round(server_round, arrays)
+
+    def disk_full(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(app, "run_rounds", rounds_without_hospitals)
+    monkeypatch.setattr(app, "write_report", disk_full)
+    with pytest.raises(RoundFailed, match="disk full"):
+        app.main(SimpleNamespace(), SimpleNamespace(run_config=to_run_config(cfg, run_dir)))
+    assert asked == [1, 2]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert "the report could not be drawn (OSError: disk full); the rounds up to 2 are saved" in results["stopped"]

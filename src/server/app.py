@@ -45,7 +45,9 @@ def main(grid: Grid, context: Context) -> None:
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
     first, rounds = (checkpoint["round"] if checkpoint else 0) + 1, int(cfg.federation.rounds)
-    unevaluated = checkpoint["round"] if checkpoint and not record.evaluated(checkpoint["round"]) else None
+    # a run stopped after its last round (its report failed) evaluates and draws that round again
+    unevaluated = checkpoint["round"] if checkpoint and (not record.evaluated(checkpoint["round"])
+                                                         or record.stopped_at_last_round(rounds)) else None
     if first > rounds and unevaluated is None:
         announce(f"nothing to do: all {rounds} rounds of {run_dir} are done")
         return

@@ -1,13 +1,14 @@
 """Work the round loop does not wait for: the report's plots and the dashboard.
 
 Drawing the report's plots takes about 0.3 s of CPU a round (matplotlib), a third of a
-FedAvg round's exchange on 2 cores, and the next round needs none of it. One thread does
-this work, in order, on copies of what it draws. `results.json` and the checkpoint are
-still written by the round loop itself, first, so an interruption loses at most the newest
-plots (a resumed run with rounds left draws them again). The loop `settle`s at the end of
-each round, before the next one asks any hospital to train: a run does not end with its
-report silently missing, and stops on a failed one before more privacy budget is spent.
-When the loop itself fails, that failure is the one raised; a task's is logged beside it.
+FedAvg round's exchange on 2 cores. One thread draws them, in order, on copies of what it
+draws, while the round goes on (under secure aggregation, while the hospitals unmask the
+sum). `results.json` and the checkpoint are still written by the round loop itself, first,
+so an interruption loses at most the newest plots (a resumed run draws them again). The
+ServerApp `settle`s at the end of each round, before the next one asks any hospital to
+train: a run does not end with its report silently missing, and stops on a failed one
+before more privacy budget is spent. When the loop itself fails, that failure is the one
+raised; a task's is logged beside it.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ class Background:
 
     def settle(self) -> None:
         """Wait for every queued task; raise the first error (the later ones are logged)."""
-        pending, self.pending = self.pending, []
-        failed = [error for error in (future.exception() for future in pending) if error is not None]
+        failed = [error for error in (future.exception() for future in self.pending) if error is not None]
+        self.pending.clear()  # only once waited for: interrupted here, __exit__ still logs them
         for error in failed[1:]:
             log.error("a report task failed too", exc_info=error)
         if failed:

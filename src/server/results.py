@@ -40,6 +40,7 @@ class RunRecord:
         self.run_dir, self.cfg, self.classes = Path(run_dir), cfg, classes
         self.rounds: list[dict] = []
         self.stopped: str | None = None
+        self.stopped_before: str | None = None  # a resumed run's reason for stopping
 
     def resume(self) -> dict | None:
         """The last checkpoint (`model.pt`), its round's entries taken back into the record.
@@ -51,8 +52,14 @@ class RunRecord:
         if not (results.exists() and model.exists()):
             return None
         checkpoint = torch.load(model, weights_only=False)
-        self.rounds = [r for r in json.loads(results.read_text())["rounds"] if r["round"] <= checkpoint["round"]]
+        saved = json.loads(results.read_text())
+        self.rounds = [r for r in saved["rounds"] if r["round"] <= checkpoint["round"]]
+        self.stopped_before = saved.get("stopped")
         return checkpoint
+
+    def stopped_at_last_round(self, rounds: int) -> bool:
+        """The resumed run stopped once its last round was saved (its report could not be drawn)."""
+        return self.stopped_before is not None and bool(self.rounds) and self.rounds[-1]["round"] >= rounds
 
     def add_round(self, server_round: int, global_metrics: dict, observed: dict) -> dict:
         hospitals = {name: unflatten(m, self.classes) for name, m in sorted(observed["hospitals"].items())}
@@ -77,7 +84,7 @@ class RunRecord:
         return bool(hospitals) and all("num_test_examples" in h for h in hospitals)
 
     def stop(self, reason: str) -> None:
-        """A failed round: its reason joins results.json; the model and the rounds before stay as they are."""
+        """A failed round or report: its reason joins results.json; the model and the rounds saved stay as they are."""
         self.stopped = reason
         self._write_results()
 

@@ -9,7 +9,8 @@ and splits its wall time into: the initial model and the hospitals' front-end fe
 SuperNodes, submitting the run, each round's local training (the slowest hospital: hospitals train in parallel,
 so it is the round's critical path), the rest of the round (message transport to and from the hospitals' warm workers,
 model transport, the hospitals' evaluation of the previous round's model, which rides
-on the train message, aggregation, the pooled evaluation), the hospitals' evaluation of
+on the train message, aggregation, the pooled evaluation, the wait for the report's
+plots at its end), the hospitals' evaluation of
 the last model, and teardown.
 Everything that is not local training is overhead. Each measurement is kept in
 bench/results/round_overhead.json under a label (`--label`, default "default"), beside the
@@ -77,7 +78,7 @@ def main(label: str, overrides: list[str]) -> dict:
         rounds.append({"round": r["round"], "total_s": t["total"], "train_phase_s": t["train"],
                        "local_training_max_s": max(seconds), "local_training_mean_s": sum(seconds) / len(seconds),
                        "aggregate_s": t["aggregate"], "evaluate_pooled_s": t["evaluate_pooled"],
-                       "auc": r["global"]["auc"]})
+                       "report_wait_s": t.get("report_wait", 0.0), "auc": r["global"]["auc"]})
     local = sum(r["local_training_max_s"] for r in rounds)
     in_rounds = sum(r["total_s"] for r in rounds)
     report = {

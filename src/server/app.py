@@ -83,7 +83,9 @@ def main(grid: Grid, context: Context) -> None:
         record.save(state)
         latest.update(round=server_round, state=state, labels=labels, probs=probs)
         announce(progress_line(entry, rounds, time.perf_counter() - started, server_round - first + 1))
+        start = time.perf_counter()
         settle_reports()  # before the next round asks any hospital to spend privacy budget
+        record.add_wait(server_round, time.perf_counter() - start)
 
     def finish_evaluation(server_round: int) -> None:
         """The hospitals' evaluation joins the round's entry, saved now; report and dashboard in the background."""

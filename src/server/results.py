@@ -88,6 +88,13 @@ class RunRecord:
         self.stopped = reason
         self._write_results()
 
+    def add_wait(self, server_round: int, seconds: float) -> None:
+        """What the round waited for its report after it was saved: in its `time.total` too (results.json only)."""
+        times = next(r for r in self.rounds if r["round"] == server_round)["time"]
+        times["report_wait"] = seconds
+        times["total"] = times.get("total", 0.0) + seconds
+        self._write_results()
+
     def _write_results(self) -> dict:
         final = {k: v for k, v in self.rounds[-1].items() if k in ("global", "hospitals", "reader")} if self.rounds else {}
         record = {"config": OmegaConf.to_container(self.cfg, resolve=True), "classes": self.classes,

@@ -91,7 +91,9 @@ def test_the_last_report_that_fails_is_drawn_again_by_a_resumed_run(tmp_path, mo
     monkeypatch.setattr(app, "write_report", last_fails)
     with pytest.raises(RoundFailed, match="disk full"):
         app.main(SimpleNamespace(), SimpleNamespace(run_config=to_run_config(cfg, run_dir)))
-    assert "stopped" in json.loads((run_dir / "results.json").read_text())
+    stopped = json.loads((run_dir / "results.json").read_text())
+    assert "stopped" in stopped
+    assert all(0 <= r["time"]["report_wait"] <= r["time"]["total"] for r in stopped["rounds"])  # waited, counted
 
     cfg.resume = str(run_dir)
     app.main(SimpleNamespace(), SimpleNamespace(run_config=to_run_config(cfg, run_dir)))

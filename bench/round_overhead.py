@@ -78,7 +78,7 @@ def main(label: str, overrides: list[str]) -> dict:
         rounds.append({"round": r["round"], "total_s": t["total"], "train_phase_s": t["train"],
                        "local_training_max_s": max(seconds), "local_training_mean_s": sum(seconds) / len(seconds),
                        "aggregate_s": t["aggregate"], "evaluate_pooled_s": t["evaluate_pooled"],
-                       "report_wait_s": t.get("report_wait", 0.0), "auc": r["global"]["auc"]})
+                       "report_wait_s": t["report_wait"], "auc": r["global"]["auc"]})
     local = sum(r["local_training_max_s"] for r in rounds)
     in_rounds = sum(r["total_s"] for r in rounds)
     report = {

@@ -3,8 +3,9 @@
 The suite's two xdist workers share the machine's 2 cores with each other and with the
 processes of the end-to-end runs, and torch threads beyond the cores only spin against one
 another (OpenMP's idle threads wait busily). In collection order the long runs seldom
-overlap and this changed little (5:30 → 5:17 on 2 cores); with the runs ordered so that
-two went at once, the suite spent 11 minutes of CPU with two threads, 7.6 with one.
+overlap and this changed little (5:30 → 5:17 on 2 cores, timed by hand); with the runs
+ordered so that two went at once, the suite spent 11 minutes of CPU with two threads, 7.6
+with one.
 """
 
 import os

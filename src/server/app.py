@@ -45,9 +45,9 @@ def main(grid: Grid, context: Context) -> None:
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
     first, rounds = (checkpoint["round"] if checkpoint else 0) + 1, int(cfg.federation.rounds)
-    # a run stopped after its last round (its report failed) evaluates and draws that round again
-    unevaluated = checkpoint["round"] if checkpoint and (not record.evaluated(checkpoint["round"])
-                                                         or record.stopped_at_last_round(rounds)) else None
+    # a run that stopped once its last round was saved (its report failed) evaluates and draws that round again
+    redraw = checkpoint is not None and record.stopped_before is not None and checkpoint["round"] >= rounds
+    unevaluated = checkpoint["round"] if checkpoint and (redraw or not record.evaluated(checkpoint["round"])) else None
     if first > rounds and unevaluated is None:
         announce(f"nothing to do: all {rounds} rounds of {run_dir} are done")
         return
@@ -85,7 +85,8 @@ def main(grid: Grid, context: Context) -> None:
         announce(progress_line(entry, rounds, time.perf_counter() - started, server_round - first + 1))
         start = time.perf_counter()
         settle_reports()  # before the next round asks any hospital to spend privacy budget
-        record.add_wait(server_round, time.perf_counter() - start)
+        waited = time.perf_counter() - start  # in the round's total; saved with its evaluation (or the stop)
+        entry["time"].update(report_wait=waited, total=entry["time"]["total"] + waited)
 
     def finish_evaluation(server_round: int) -> None:
         """The hospitals' evaluation joins the round's entry, saved now; report and dashboard in the background."""

@@ -57,10 +57,6 @@ class RunRecord:
         self.stopped_before = saved.get("stopped")
         return checkpoint
 
-    def stopped_at_last_round(self, rounds: int) -> bool:
-        """The resumed run stopped once its last round was saved (its report could not be drawn)."""
-        return self.stopped_before is not None and bool(self.rounds) and self.rounds[-1]["round"] >= rounds
-
     def add_round(self, server_round: int, global_metrics: dict, observed: dict) -> dict:
         hospitals = {name: unflatten(m, self.classes) for name, m in sorted(observed["hospitals"].items())}
         entry = {"round": server_round, "global": global_metrics, "hospitals": hospitals,
@@ -86,13 +82,6 @@ class RunRecord:
     def stop(self, reason: str) -> None:
         """A failed round or report: its reason joins results.json; the model and the rounds saved stay as they are."""
         self.stopped = reason
-        self._write_results()
-
-    def add_wait(self, server_round: int, seconds: float) -> None:
-        """What the round waited for its report after it was saved: in its `time.total` too (results.json only)."""
-        times = next(r for r in self.rounds if r["round"] == server_round)["time"]
-        times["report_wait"] = seconds
-        times["total"] = times.get("total", 0.0) + seconds
         self._write_results()
 
     def _write_results(self) -> dict:

@@ -129,12 +129,14 @@ def _strategy(run: dict) -> str:
 
 
 def _twin(runs: dict, label: str) -> str | None:
-    """The run of the same config and overrides but the other strategy (secure aggregation or FedAvg) measured
-    nearest to `label`, the next one on a tie (each pair is measured one after the other, the secure one first)."""
+    """The run of the same config and overrides but the other strategy (secure aggregation or FedAvg), on the same
+    machine, measured nearest to `label`, the next one on a tie (each pair is measured one after the other, the
+    secure one first)."""
     run, labels = runs[label], list(runs)
     rest = sorted(o for o in run["overrides"] if not o.startswith("strategy="))
     other = "fedavg" if _strategy(run) == "secagg" else "secagg"
     twins = [k for k, r in runs.items() if _strategy(r) == other and r["config"] == run["config"]
+             and r["machine"] == run["machine"]
              and sorted(o for o in r["overrides"] if not o.startswith("strategy=")) == rest]
     gap = {k: labels.index(k) - labels.index(label) for k in twins}
     return min(twins, key=lambda k: (abs(gap[k]), gap[k] < 0), default=None)

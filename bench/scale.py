@@ -40,8 +40,9 @@ README_RUN = ["federation.mode=simulation", "federation.rounds=1", "data.images_
 
 
 class MemorySampler(threading.Thread):
-    """Peak total PSS and RSS of a process and all it starts (Ray re-parents some: any process
-    started after it whose command line names Ray counts too), sampled every `interval` s."""
+    """Peak total PSS and RSS of a process and all it starts (Ray may re-parent some: any Ray process,
+    a worker `ray::...` or a program of Ray's package, started after it counts too), sampled every
+    `interval` s."""
 
     def __init__(self, pid: int, interval: float = 1.0) -> None:
         super().__init__(daemon=True)
@@ -57,7 +58,8 @@ class MemorySampler(threading.Thread):
         except psutil.NoSuchProcess:
             return []
         for p in psutil.process_iter(["create_time", "cmdline"]):
-            if (p.info["create_time"] or 0) >= self.started and "ray" in " ".join(p.info["cmdline"] or []):
+            command = " ".join(p.info["cmdline"] or [])
+            if (p.info["create_time"] or 0) >= self.started and (command.startswith("ray::") or "/ray/" in command):
                 found.setdefault(p.pid, p)
         return list(found.values())
 

@@ -35,6 +35,14 @@ from src.training.loops import predict_samples, resolve_device
 app = ServerApp()
 
 
+def import_image_pipeline_ahead() -> None:
+    """Import MONAI's data pipeline (~2 s of CPU) in a thread, while round 1's hospitals train, for a model
+    that reads images: the first pooled evaluation would otherwise import it after their training, alone on
+    the round's critical path. Not a daemon: the process never exits in the middle of the import. A failed
+    import is raised again, in the main thread, by the evaluation's own."""
+    threading.Thread(target=importlib.import_module, args=("monai.data",), name="import-monai").start()
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = from_run_config(context.run_config)
@@ -42,8 +50,6 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = Path(str(context.run_config["run-dir"]))
     federation = Federation.load(run_dir / "split.json")
     model = load_initial_model(cfg, len(federation.classes), run_dir)
-    if getattr(model, "front_end", None) is None:  # it reads images: MONAI's import (~2 s of CPU) during round 1,
-        threading.Thread(target=importlib.import_module, args=("monai.data",), daemon=True).start()  # not after it
     record = RunRecord(run_dir, cfg, federation.classes)
     checkpoint = record.resume() if cfg.resume else None
     if checkpoint is not None:
@@ -57,6 +63,8 @@ def main(grid: Grid, context: Context) -> None:
         return
     if checkpoint is not None:
         announce(f"resuming {run_dir} at round {first}/{rounds}")
+    if getattr(model, "front_end", None) is None:
+        import_image_pipeline_ahead()
     test_samples = federation.select(split="test")
 
     def evaluate_pooled():

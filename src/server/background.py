@@ -1,6 +1,6 @@
 """Work drawn beside the round: the report's plots and the dashboard.
 
-Drawing the report's plots takes 0.1–0.7 s a round on 2 cores (matplotlib). One thread draws them, in order, on copies of what it
+Drawing the report's plots takes 0.2–0.7 s a round on 2 cores (matplotlib). One thread draws them, in order, on copies of what it
 draws, while the round goes on (under secure aggregation, while the hospitals unmask the
 sum). `results.json` and the checkpoint are still written by the round loop itself, first,
 so an interruption loses at most the newest plots (a resumed run draws them again). The

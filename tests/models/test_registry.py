@@ -28,16 +28,6 @@ def model_cfg(name: str):
     return OmegaConf.merge(cfg, {"image_size": SIZE}) if "image_size" in cfg else cfg
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 threads competing with another busy
-    process ran these tests 10-30x slower (spinning OpenMP workers); one thread runs them in ~12 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_every_model_has_a_config_and_every_config_a_model():
     assert sorted(p.stem for p in CONF.glob("*.yaml")) == sorted(MODELS)
     for name in MODELS:

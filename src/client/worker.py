@@ -147,10 +147,14 @@ class WarmExecutor(SubprocessExecutor):
             except Exception as e:
                 log.error("could not push the reply", exc_info=e)
                 status = SubStatus.FAILED
-            retry.max_tries = 1
-            push_task_output(client=client, context=context, sub_status=status, details=details)
+            # Stopped (and joined) before the output is pushed, unlike in flwr-clientapp: the push ends the
+            # task's token, and a heartbeat sent after it is refused, which Flower answers with SIGINT to the
+            # whole process. flwr-clientapp was ending anyway; this worker would stop for good, and the hospital
+            # answer no later message (seen once: a round waited its full round_timeout for it).
             if heartbeat.is_running:
                 heartbeat.stop()
+            retry.max_tries = 1
+            push_task_output(client=client, context=context, sub_status=status, details=details)
             client.close()
         return status
 

@@ -1,5 +1,5 @@
 """The SuperNode: its warm worker started again when a signal kills it, left when it exits by itself; which
-ClientApp it runs; how often it polls."""
+ClientApp it runs; how a task ends in it; how often it polls."""
 
 from __future__ import annotations
 
@@ -88,3 +88,51 @@ def test_the_supernode_looks_at_its_own_state_often_and_at_the_superlink_less(mo
     sleeps.sleep(3)  # idle again
     sleeps.sleep(0.001)
     assert slept == [supernode.POLL_S, supernode.LOCAL_POLL_S, supernode.ACTIVE_POLL_S, supernode.POLL_S, 0.001]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_task_stops_its_heartbeat_before_it_pushes_its_output(monkeypatch, fails):
+    """Pushing the output ends the task's token; a heartbeat after it is refused, and Flower answers a refused
+    heartbeat with SIGINT to the whole process: the warm worker, not just the task. So the heartbeat is stopped
+    (its thread joined) first, whether the ClientApp answered or raised."""
+    from src.client import worker
+
+    calls: list[str] = []
+
+    class Heartbeat:
+        is_running = False
+
+        def __init__(self, fn):
+            pass
+
+        def start(self):
+            type(self).is_running = True
+            calls.append("heartbeat started")
+
+        def stop(self):
+            type(self).is_running = False
+            calls.append("heartbeat stopped")
+
+    def app(message, context):
+        if fails:
+            raise RuntimeError("the handler failed")
+        return "reply"
+
+    client = SimpleNamespace(close=lambda: calls.append("closed"))
+    monkeypatch.setattr(worker, "HeartbeatSender", Heartbeat)
+    monkeypatch.setattr(worker, "make_task_heartbeat_fn_http", lambda client: None)
+    monkeypatch.setattr(worker.RuntimeHttpClient, "from_server_address", lambda **kwargs: client)
+    monkeypatch.setattr(worker, "validate_and_resolve_root_certificates", lambda path, insecure: None)
+    monkeypatch.setattr(worker, "pull_task_input", lambda c: (SimpleNamespace(), "context", "run", "fab"))
+    monkeypatch.setattr(worker, "Message", lambda error, reply_to: "error reply")
+    monkeypatch.setattr(worker, "push_message", lambda c, reply, context: calls.append(f"pushed {reply}"))
+    monkeypatch.setattr(worker, "push_task_output",
+                        lambda client, context, sub_status, details: calls.append(f"output {sub_status}"))
+    executor = worker.WarmExecutor(None)
+    monkeypatch.setattr(executor, "app", lambda run, fab: app)
+    spec = SimpleNamespace(runtime_api_address="127.0.0.1:1", insecure=True, root_certificates_path=None, token="t")
+
+    status = executor.run_task(spec)
+
+    assert calls == ["heartbeat started", f"pushed {'error reply' if fails else 'reply'}", "heartbeat stopped",
+                     f"output {status}", "closed"]
